@@ -1,0 +1,147 @@
+package ledger_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/order"
+	"github.com/flashgate/flashgate/lib/orderid"
+	"github.com/flashgate/flashgate/lib/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+func TestMigrateOnce(t *testing.T) {
+	pool, _ := testenv.Ledger(t) // applies them
+	n, err := ledger.Migrate(context.Background(), pool)
+	if err != nil || n != 0 {
+		t.Fatalf("second Migrate = %d, %v; want 0 applied", n, err)
+	}
+	ms, _ := ledger.Migrations()
+	var count int
+	pool.QueryRow(context.Background(), "SELECT count(*) FROM schema_migrations").Scan(&count)
+	if count != len(ms) {
+		t.Fatalf("schema_migrations has %d rows, want %d", count, len(ms))
+	}
+}
+
+func TestConcurrentMigrate(t *testing.T) {
+	url := testenv.DatabaseURL(t)
+	ctx := context.Background()
+	errs := make(chan error, 4)
+	total := make(chan int, 4)
+	for i := 0; i < 4; i++ {
+		go func() {
+			pool, err := ledger.Open(ctx, url, 2)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer pool.Close()
+			n, err := ledger.Migrate(ctx, pool)
+			total <- n
+			errs <- err
+		}()
+	}
+	sum := 0
+	for i := 0; i < 4; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 4; i++ {
+		sum += <-total
+	}
+	ms, _ := ledger.Migrations()
+	if sum != len(ms) {
+		t.Fatalf("4 concurrent migrators applied %d migrations in all, want %d", sum, len(ms))
+	}
+}
+
+func mkOrders(n int, gen *orderid.Generator) []order.Order {
+	os := make([]order.Order, n)
+	for i := range os {
+		id := gen.Next()
+		os[i] = order.Order{ID: id, UserID: "u1", SKU: "SKU-1", Qty: 1, PriceCents: 100, CreatedAt: orderid.Time(id)}
+	}
+	return os
+}
+
+func TestInsertOrdersExactlyOnce(t *testing.T) {
+	pool, _ := testenv.Ledger(t)
+	ctx := context.Background()
+	gen := orderid.MustNew(0, 0)
+	batch := mkOrders(100, gen)
+
+	// No partition yet: InsertOrders makes it.
+	res, err := ledger.InsertOrders(ctx, pool, batch[:50])
+	if err != nil || res.Inserted != 50 || res.Staged {
+		t.Fatalf("first insert = %+v, %v", res, err)
+	}
+	// A redelivery overlapping the first batch goes through staging and adds only the new rows.
+	res, err = ledger.InsertOrders(ctx, pool, batch)
+	if err != nil || res.Inserted != 50 || !res.Staged {
+		t.Fatalf("overlapping insert = %+v, %v; want 50 new via staging", res, err)
+	}
+	res, err = ledger.InsertOrders(ctx, pool, batch)
+	if err != nil || res.Inserted != 0 {
+		t.Fatalf("full redelivery = %+v, %v; want 0 new", res, err)
+	}
+	var rows, distinct int
+	pool.QueryRow(ctx, "SELECT count(*), count(DISTINCT order_id) FROM orders").Scan(&rows, &distinct)
+	if rows != 100 || distinct != 100 {
+		t.Fatalf("orders has %d rows (%d distinct), want 100", rows, distinct)
+	}
+	got, err := ledger.GetOrder(ctx, pool, batch[7].ID)
+	if err != nil || got.ID != batch[7].ID || got.Status != "pending_payment" || !got.CreatedAt.Equal(batch[7].CreatedAt) {
+		t.Fatalf("GetOrder = %+v, %v", got, err)
+	}
+	if _, err := ledger.GetOrder(ctx, pool, gen.Next()); err != ledger.ErrNotFound {
+		t.Fatalf("GetOrder(unknown) = %v, want ErrNotFound", err)
+	}
+}
+
+func TestPartitionsAndNoDefault(t *testing.T) {
+	pool, _ := testenv.Ledger(t)
+	ctx := context.Background()
+	now := time.Date(2026, 11, 25, 13, 0, 0, 0, time.UTC)
+	n, err := ledger.EnsurePartitionsAround(ctx, pool, now, 3)
+	if err != nil || n != 5 {
+		t.Fatalf("EnsurePartitionsAround = %d, %v; want 5", n, err)
+	}
+	if n, _ = ledger.EnsurePartitionsAround(ctx, pool, now, 3); n != 0 {
+		t.Fatalf("second EnsurePartitionsAround made %d", n)
+	}
+	var parts int
+	var hasDefault bool
+	pool.QueryRow(ctx, `SELECT count(*), bool_or(pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT')
+		FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'orders'::regclass`).Scan(&parts, &hasDefault)
+	if parts != 5 || hasDefault {
+		t.Fatalf("orders has %d partitions (default: %v), want 5 and none", parts, hasDefault)
+	}
+}
+
+func TestSaleItemsAndTakenUnits(t *testing.T) {
+	pool, _ := testenv.Ledger(t)
+	ctx := context.Background()
+	it, err := ledger.PutSaleItem(ctx, pool, ledger.SaleItem{SKU: "SKU-1", Stock: 10, PriceCents: 100, PerUserLimit: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Orders made after the sale started count against its stock.
+	time.Sleep(5 * time.Millisecond)
+	if _, err := ledger.InsertOrders(ctx, pool, mkOrders(3, orderid.MustNew(0, 1))); err != nil {
+		t.Fatal(err)
+	}
+	// Replacing the item keeps its generation.
+	it2, err := ledger.PutSaleItem(ctx, pool, ledger.SaleItem{SKU: "SKU-1", Stock: 20, PriceCents: 100})
+	if err != nil || !it2.SaleStartedAt.Equal(it.SaleStartedAt) {
+		t.Fatalf("replace: %+v, %v", it2, err)
+	}
+	items, err := ledger.LoadSaleItems(ctx, pool)
+	if err != nil || len(items) != 1 || items[0].Stock != 20 || items[0].TakenUnits != 3 {
+		t.Fatalf("LoadSaleItems = %+v, %v; want stock 20, taken 3", items, err)
+	}
+}

@@ -1,0 +1,202 @@
+package ledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/flashgate/flashgate/lib/order"
+	"github.com/flashgate/flashgate/lib/orderid"
+)
+
+// ErrNotFound is returned for an order or sale item the ledger does not hold.
+var ErrNotFound = errors.New("not found")
+
+// PostgreSQL error codes the ledger reacts to.
+const (
+	codeUniqueViolation = "23505"
+	codeCheckViolation  = "23514" // also "no partition of relation found for row"
+)
+
+func pgCode(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
+}
+
+// IsUniqueViolation reports whether err is PostgreSQL's unique_violation.
+func IsUniqueViolation(err error) bool { return pgCode(err) == codeUniqueViolation }
+
+// IsNoPartition reports whether err says a row had no partition to go to.
+func IsNoPartition(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == codeCheckViolation && pe.Routine == "ExecFindPartition"
+}
+
+var orderColumns = []string{"order_id", "user_id", "sku", "qty", "price_cents", "idempotency_key", "client_ip", "created_at"}
+
+type orderRows struct {
+	os  []order.Order
+	i   int
+	row [8]any
+}
+
+func (r *orderRows) Next() bool { r.i++; return r.i <= len(r.os) }
+func (r *orderRows) Err() error { return nil }
+func (r *orderRows) Values() ([]any, error) {
+	o := &r.os[r.i-1]
+	r.row = [8]any{o.ID, o.UserID, o.SKU, o.Qty, o.PriceCents, nullable(o.IdemKey), nullable(o.ClientIP), o.CreatedAt}
+	return r.row[:], nil
+}
+
+func nullable(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// InsertResult says what InsertOrders did.
+type InsertResult struct {
+	Inserted int64 // rows new to the ledger
+	Staged   bool  // the batch went through the staging (dedupe) path
+}
+
+// InsertOrders writes a batch of orders in one transaction with
+// synchronous_commit=on, exactly once per order id:
+//
+//   - first optimistically, COPY straight into the partitioned table;
+//   - if that hits a unique violation (a redelivery after a crash or a
+//     rebalance), again through a temporary staging table and
+//     INSERT … ON CONFLICT DO NOTHING.
+//
+// When a row has no partition, the missing daily partitions are made and the
+// batch is tried again. Once InsertOrders returns nil every order of the batch
+// is durably in the ledger.
+func InsertOrders(ctx context.Context, pool *pgxpool.Pool, os []order.Order) (InsertResult, error) {
+	if len(os) == 0 {
+		return InsertResult{}, nil
+	}
+	for attempt := 0; ; attempt++ {
+		n, err := copyOrders(ctx, pool, os)
+		if err == nil {
+			return InsertResult{Inserted: n}, nil
+		}
+		if IsUniqueViolation(err) {
+			n, err = stageOrders(ctx, pool, os)
+			if err == nil {
+				return InsertResult{Inserted: n, Staged: true}, nil
+			}
+		}
+		if IsNoPartition(err) && attempt == 0 {
+			lo, hi := timeRange(os)
+			if _, perr := EnsurePartitions(ctx, pool, lo, hi); perr != nil {
+				return InsertResult{}, perr
+			}
+			continue
+		}
+		return InsertResult{}, err
+	}
+}
+
+func timeRange(os []order.Order) (lo, hi time.Time) {
+	lo, hi = os[0].CreatedAt, os[0].CreatedAt
+	for i := range os {
+		if t := os[i].CreatedAt; t.Before(lo) {
+			lo = t
+		} else if t.After(hi) {
+			hi = t
+		}
+	}
+	return lo, hi
+}
+
+func beginSync(ctx context.Context, pool *pgxpool.Pool) (pgx.Tx, error) {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// The offsets are committed after this transaction: it must be durable
+	// even if the server's default is asynchronous commit.
+	if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
+		tx.Rollback(ctx)
+		return nil, err
+	}
+	return tx, nil
+}
+
+func copyOrders(ctx context.Context, pool *pgxpool.Pool, os []order.Order) (int64, error) {
+	tx, err := beginSync(ctx, pool)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(ctx)
+	n, err := tx.CopyFrom(ctx, pgx.Identifier{"orders"}, orderColumns, &orderRows{os: os})
+	if err != nil {
+		return 0, err
+	}
+	return n, tx.Commit(ctx)
+}
+
+func stageOrders(ctx context.Context, pool *pgxpool.Pool, os []order.Order) (int64, error) {
+	tx, err := beginSync(ctx, pool)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `CREATE TEMP TABLE orders_staging
+		(LIKE orders INCLUDING DEFAULTS) ON COMMIT DROP`); err != nil {
+		return 0, err
+	}
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"orders_staging"}, orderColumns, &orderRows{os: os}); err != nil {
+		return 0, err
+	}
+	tag, err := tx.Exec(ctx, `INSERT INTO orders SELECT * FROM orders_staging ON CONFLICT DO NOTHING`)
+	if err != nil {
+		return 0, err
+	}
+	return tag.RowsAffected(), tx.Commit(ctx)
+}
+
+// Record is an order as the ledger holds it.
+type Record struct {
+	order.Order
+	Status    string
+	UpdatedAt time.Time
+}
+
+// GetOrder returns the order with the given id. The id carries the partition
+// key, so the lookup touches one partition.
+func GetOrder(ctx context.Context, q Querier, id int64) (Record, error) {
+	var r Record
+	var idem, ip *string
+	err := q.QueryRow(ctx, `SELECT order_id, user_id, sku, qty, price_cents, idempotency_key, client_ip, created_at, status, updated_at
+		FROM orders WHERE order_id = $1 AND created_at = $2`, id, orderid.Time(id)).
+		Scan(&r.ID, &r.UserID, &r.SKU, &r.Qty, &r.PriceCents, &idem, &ip, &r.CreatedAt, &r.Status, &r.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, ErrNotFound
+	}
+	if err != nil {
+		return r, fmt.Errorf("reading order %d: %w", id, err)
+	}
+	if idem != nil {
+		r.IdemKey = *idem
+	}
+	if ip != nil {
+		r.ClientIP = *ip
+	}
+	return r, nil
+}
+
+// Querier is what read queries need: a pool, a connection or a transaction.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}

@@ -1,0 +1,94 @@
+package ledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// SaleItem is a SKU on sale.
+type SaleItem struct {
+	SKU           string
+	Stock         int64 // units for the whole sale
+	PriceCents    int64
+	PerUserLimit  int32 // units one user may buy; 0 = no limit
+	StartsAt      time.Time
+	EndsAt        time.Time // zero = open-ended
+	SaleStartedAt time.Time // orders from this time on count against Stock
+}
+
+// PutSaleItem creates or replaces a sale item. Replacing keeps the sale's
+// generation (SaleStartedAt), so units already sold still count.
+func PutSaleItem(ctx context.Context, pool *pgxpool.Pool, it SaleItem) (SaleItem, error) {
+	err := pool.QueryRow(ctx, `INSERT INTO sale_items (sku, stock, price_cents, per_user_limit, starts_at, ends_at)
+		VALUES ($1, $2, $3, $4, $5, $6)
+		ON CONFLICT (sku) DO UPDATE SET stock = EXCLUDED.stock, price_cents = EXCLUDED.price_cents,
+			per_user_limit = EXCLUDED.per_user_limit, starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at,
+			updated_at = now()
+		RETURNING sale_started_at`,
+		it.SKU, it.Stock, it.PriceCents, it.PerUserLimit, nullTime(it.StartsAt), nullTime(it.EndsAt)).Scan(&it.SaleStartedAt)
+	if err != nil {
+		return it, fmt.Errorf("saving sale item %s: %w", it.SKU, err)
+	}
+	return it, nil
+}
+
+func nullTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// SaleItemState is a sale item with the units the ledger already holds orders for.
+type SaleItemState struct {
+	SaleItem
+	TakenUnits int64
+}
+
+// LoadSaleItems returns every sale item with the units ordered since its sale
+// started, as recorded in the ledger (orders still in Kafka are not counted:
+// wait for ingest to catch up first).
+func LoadSaleItems(ctx context.Context, q Querier) ([]SaleItemState, error) {
+	rows, err := q.Query(ctx, `SELECT s.sku, s.stock, s.price_cents, s.per_user_limit, s.starts_at, s.ends_at, s.sale_started_at,
+			COALESCE((SELECT sum(o.qty) FROM orders o WHERE o.sku = s.sku AND o.created_at >= s.sale_started_at
+				AND o.status NOT IN ('cancelled', 'expired')), 0)
+		FROM sale_items s ORDER BY s.sku`)
+	if err != nil {
+		return nil, fmt.Errorf("loading sale items: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (SaleItemState, error) {
+		var s SaleItemState
+		var starts, ends *time.Time
+		err := r.Scan(&s.SKU, &s.Stock, &s.PriceCents, &s.PerUserLimit, &starts, &ends, &s.SaleStartedAt, &s.TakenUnits)
+		if starts != nil {
+			s.StartsAt = *starts
+		}
+		if ends != nil {
+			s.EndsAt = *ends
+		}
+		return s, err
+	})
+}
+
+// GetSaleItem returns one sale item.
+func GetSaleItem(ctx context.Context, q Querier, sku string) (SaleItem, error) {
+	var s SaleItem
+	var starts, ends *time.Time
+	err := q.QueryRow(ctx, `SELECT sku, stock, price_cents, per_user_limit, starts_at, ends_at, sale_started_at
+		FROM sale_items WHERE sku = $1`, sku).Scan(&s.SKU, &s.Stock, &s.PriceCents, &s.PerUserLimit, &starts, &ends, &s.SaleStartedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return s, ErrNotFound
+	}
+	if starts != nil {
+		s.StartsAt = *starts
+	}
+	if ends != nil {
+		s.EndsAt = *ends
+	}
+	return s, err
+}

@@ -1,0 +1,66 @@
+// Package ingest moves orders from Kafka (`order.created`) into the ledger:
+// consumer-group workers that batch-COPY records into the partitioned orders
+// table and commit offsets only after the database transaction committed.
+package ingest
+
+import (
+	"flag"
+	"fmt"
+	"time"
+)
+
+// Config configures the workers. Every default says why it is what it is.
+type Config struct {
+	Brokers []string
+	Group   string // consumer group; all ingest processes share it
+	Workers int    // consumer clients in this process
+
+	// BatchRows caps the rows of one COPY: big enough to amortise the
+	// transaction and fsync, small enough to keep the commit latency short.
+	BatchRows int
+	// FetchMaxWait is how long a poll waits for data: the batch age bound.
+	FetchMaxWait time.Duration
+	// PartitionsAheadDays: daily partitions kept made ahead of today.
+	PartitionsAheadDays int
+	// RetryMax caps the backoff between database retries.
+	RetryMax time.Duration
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		Group:               "flashgate-ingest",
+		Workers:             1,
+		BatchRows:           5000,
+		FetchMaxWait:        50 * time.Millisecond,
+		PartitionsAheadDays: 7,
+		RetryMax:            5 * time.Second,
+	}
+}
+
+var flagConfig = DefaultConfig()
+
+func init() {
+	flag.IntVar(&flagConfig.Workers, "ingest.workers", flagConfig.Workers, "consumer workers per process; more than the partitions of order.created do nothing")
+	flag.IntVar(&flagConfig.BatchRows, "ingest.batchRows", flagConfig.BatchRows, "maximum rows per COPY batch; raise for throughput, lower for latency")
+	flag.DurationVar(&flagConfig.FetchMaxWait, "ingest.batchAge", flagConfig.FetchMaxWait, "how long a batch waits for more rows before it is written")
+	flag.IntVar(&flagConfig.PartitionsAheadDays, "ingest.partitionsAhead", flagConfig.PartitionsAheadDays, "daily partitions of orders made ahead of today")
+	flag.StringVar(&flagConfig.Group, "ingest.group", flagConfig.Group, "Kafka consumer group of the ingest workers")
+}
+
+// FlagConfig returns the configuration set by the command-line flags.
+func FlagConfig() Config { return flagConfig }
+
+func (c *Config) validate() error {
+	switch {
+	case len(c.Brokers) == 0:
+		return fmt.Errorf("ingest: no Kafka brokers; possible fix: --kafka-brokers host:port")
+	case c.Workers < 1:
+		return fmt.Errorf("ingest: -ingest.workers must be at least 1")
+	case c.BatchRows < 1:
+		return fmt.Errorf("ingest: -ingest.batchRows must be at least 1")
+	case c.FetchMaxWait <= 0:
+		return fmt.Errorf("ingest: -ingest.batchAge must be positive")
+	}
+	return nil
+}

@@ -1,0 +1,142 @@
+// Package edge is flashgate's order intake: a gnet HTTP/1.1 server whose
+// event loops parse, authenticate, admit (stock) and hand orders to Kafka,
+// answering 202 only after the broker acknowledged the record.
+package edge
+
+import (
+	"flag"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Config configures an edge. Every default says why it is what it is.
+type Config struct {
+	Addr    string   // listen address of the HTTP server
+	Brokers []string // Kafka seed brokers
+	Auth    string   // "dev": trust X-User-ID
+	// TrustProxy lists the peers whose X-Forwarded-For is believed.
+	TrustProxy []netip.Prefix
+
+	// Loops is the number of gnet event loops (shards); 0 = one per core.
+	Loops int
+	// NodeID tells edge instances apart inside order ids (0-63).
+	NodeID int
+
+	// Protocol limits. Small: order requests are a few hundred bytes.
+	MaxRequestLineBytes int // 414 past it
+	MaxHeaderBytes      int // 431 past it
+	MaxHeaders          int // 431 past it
+	MaxBodyBytes        int // 413 past it
+	// MaxPipeline caps the requests in flight per connection; past it the
+	// connection is not read until responses leave.
+	MaxPipeline int
+
+	// MaxSKUs sizes the sale table.
+	MaxSKUs int
+
+	// Kafka hand-off.
+	ProduceLinger      time.Duration // batching delay of the producer
+	MaxBufferedRecords int           // past it new orders get 503 at once
+	DeliveryTimeout    time.Duration // a produce not acked by then is "unknown"
+
+	// MaxReadsInFlight bounds concurrent ledger reads (GET /v1/orders/{id}).
+	MaxReadsInFlight int
+	// RecentOrdersBytes sizes the cache answering "accepted" for orders not
+	// yet in the ledger.
+	RecentOrdersBytes int
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		Addr:                "127.0.0.1:8080",
+		Auth:                "dev",
+		TrustProxy:          []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+		MaxRequestLineBytes: 2048,
+		MaxHeaderBytes:      8192,
+		MaxHeaders:          64,
+		MaxBodyBytes:        16384,
+		MaxPipeline:         64,
+		MaxSKUs:             100_000,
+		ProduceLinger:       time.Millisecond,
+		MaxBufferedRecords:  100_000,
+		DeliveryTimeout:     5 * time.Second,
+		MaxReadsInFlight:    256,
+		RecentOrdersBytes:   64 << 20,
+	}
+}
+
+var flagConfig = DefaultConfig()
+
+func init() {
+	flag.IntVar(&flagConfig.Loops, "edge.loops", flagConfig.Loops, "event loops (shards) of the edge; 0 = one per core")
+	flag.IntVar(&flagConfig.NodeID, "edge.nodeID", flagConfig.NodeID, "this edge's id (0-63), unique per edge instance sharing a Kafka cluster; it is part of every order id")
+	flag.IntVar(&flagConfig.MaxRequestLineBytes, "edge.maxRequestLineBytes", flagConfig.MaxRequestLineBytes, "longest request line; longer gets 414")
+	flag.IntVar(&flagConfig.MaxHeaderBytes, "edge.maxHeaderBytes", flagConfig.MaxHeaderBytes, "largest header section in bytes; larger gets 431")
+	flag.IntVar(&flagConfig.MaxHeaders, "edge.maxHeaders", flagConfig.MaxHeaders, "most header fields per request; more gets 431")
+	flag.IntVar(&flagConfig.MaxBodyBytes, "edge.maxBodyBytes", flagConfig.MaxBodyBytes, "largest request body in bytes; larger gets 413")
+	flag.IntVar(&flagConfig.MaxPipeline, "edge.maxPipeline", flagConfig.MaxPipeline, "requests in flight per connection; past it the connection is not read until responses leave")
+	flag.IntVar(&flagConfig.MaxSKUs, "edge.maxSKUs", flagConfig.MaxSKUs, "capacity of the sale table")
+	flag.DurationVar(&flagConfig.ProduceLinger, "edge.produceLinger", flagConfig.ProduceLinger, "how long the Kafka producer waits to fill a batch; adds to every 202's latency")
+	flag.IntVar(&flagConfig.MaxBufferedRecords, "edge.maxBufferedRecords", flagConfig.MaxBufferedRecords, "orders waiting for a Kafka ack; past it new orders get 503 at once")
+	flag.DurationVar(&flagConfig.DeliveryTimeout, "edge.deliveryTimeout", flagConfig.DeliveryTimeout, "an order not acked by Kafka by then is answered 503 and reconciled later")
+	flag.IntVar(&flagConfig.MaxReadsInFlight, "edge.maxReadsInFlight", flagConfig.MaxReadsInFlight, "concurrent ledger reads for GET /v1/orders/{id}; past it 503")
+	flag.IntVar(&flagConfig.RecentOrdersBytes, "edge.recentOrdersBytes", flagConfig.RecentOrdersBytes, "memory of the recent-orders cache (answers \"accepted\" until the ledger has an order)")
+}
+
+// FlagConfig returns the configuration set by the command-line flags.
+func FlagConfig() Config { return flagConfig }
+
+// ParsePrefixes parses a comma list of CIDRs or addresses (--trust-proxy).
+func ParsePrefixes(list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		if !strings.Contains(s, "/") {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				return nil, fmt.Errorf("--trust-proxy: %q is neither a CIDR nor an address", s)
+			}
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("--trust-proxy: %q is not a CIDR: %v", s, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+func (c *Config) loops() int {
+	if c.Loops > 0 {
+		return c.Loops
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Auth != "dev":
+		return fmt.Errorf("edge: --auth %q is not available yet (only \"dev\"); possible fix: --auth dev", c.Auth)
+	case len(c.Brokers) == 0:
+		return fmt.Errorf("edge: no Kafka brokers; possible fix: --kafka-brokers host:port")
+	case c.loops() > 16:
+		return fmt.Errorf("edge: %d event loops, at most 16 fit in an order id; possible fix: -edge.loops 16", c.loops())
+	case c.NodeID < 0 || c.NodeID > 63:
+		return fmt.Errorf("edge: -edge.nodeID %d outside [0, 63]", c.NodeID)
+	case c.MaxRequestLineBytes < 64 || c.MaxHeaderBytes < 256 || c.MaxHeaders < 4 || c.MaxBodyBytes < 64:
+		return fmt.Errorf("edge: protocol limits too small to serve the API (need request line >= 64, header bytes >= 256, headers >= 4, body >= 64)")
+	case c.MaxPipeline < 1 || c.MaxPipeline > 4096:
+		return fmt.Errorf("edge: -edge.maxPipeline must be in [1, 4096]")
+	case c.MaxSKUs < 1 || c.MaxBufferedRecords < 1 || c.MaxReadsInFlight < 1:
+		return fmt.Errorf("edge: -edge.maxSKUs, -edge.maxBufferedRecords and -edge.maxReadsInFlight must be positive")
+	}
+	return nil
+}

@@ -18,7 +18,9 @@ func TestParseRequestCases(t *testing.T) {
 		{"get", "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", -1, 0, func(r *request) bool { return string(r.path) == "/healthz" && r.keepAlive }},
 		{"query", "GET /v1/orders?cursor=5 HTTP/1.1\r\nHost: x\r\n\r\n", -1, 0, func(r *request) bool { return string(r.path) == "/v1/orders" && string(r.query) == "cursor=5" }},
 		{"post body", "POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nX-User-ID: u1\r\nIdempotency-Key: k\r\n\r\nhello", -1, 0,
-			func(r *request) bool { return string(r.body) == "hello" && string(r.userID) == "u1" && string(r.idemKey) == "k" }},
+			func(r *request) bool {
+				return string(r.body) == "hello" && string(r.userID) == "u1" && string(r.idemKey) == "k"
+			}},
 		{"ows trimmed", "GET / HTTP/1.1\r\nHost: x\r\nX-User-ID: \t u1 \t\r\n\r\n", -1, 0, func(r *request) bool { return string(r.userID) == "u1" }},
 		{"pipelined first", "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n", 28, 0, func(r *request) bool { return string(r.path) == "/a" }},
 		{"http/1.0 closes", "GET / HTTP/1.0\r\n\r\n", -1, 0, func(r *request) bool { return !r.keepAlive && r.minor == 0 }},

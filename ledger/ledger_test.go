@@ -141,7 +141,7 @@ func TestSaleItemsAndTakenUnits(t *testing.T) {
 		t.Fatalf("replace: %+v, %v", it2, err)
 	}
 	items, err := ledger.LoadSaleItems(ctx, pool)
-	if err != nil || len(items) != 1 || items[0].Stock != 20 || items[0].TakenUnits != 3 {
+	if err != nil || len(items) != 1 || items[0].Stock != 20 || items[0].TakenUnits != 3 || items[0].Orders != 3 {
 		t.Fatalf("LoadSaleItems = %+v, %v; want stock 20, taken 3", items, err)
 	}
 }

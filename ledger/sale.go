@@ -47,7 +47,8 @@ func nullTime(t time.Time) *time.Time {
 // SaleItemState is a sale item with the units the ledger already holds orders for.
 type SaleItemState struct {
 	SaleItem
-	TakenUnits int64
+	TakenUnits int64 // units of its live orders
+	Orders     int64 // its orders, whatever their state
 }
 
 // LoadSaleItems returns every sale item with the units ordered since its sale
@@ -55,16 +56,18 @@ type SaleItemState struct {
 // wait for ingest to catch up first).
 func LoadSaleItems(ctx context.Context, q Querier) ([]SaleItemState, error) {
 	rows, err := q.Query(ctx, `SELECT s.sku, s.stock, s.price_cents, s.per_user_limit, s.starts_at, s.ends_at, s.sale_started_at,
-			COALESCE((SELECT sum(o.qty) FROM orders o WHERE o.sku = s.sku AND o.created_at >= s.sale_started_at
-				AND o.status NOT IN ('cancelled', 'expired')), 0)
-		FROM sale_items s ORDER BY s.sku`)
+			COALESCE(o.taken, 0), COALESCE(o.orders, 0)
+		FROM sale_items s LEFT JOIN LATERAL (
+			SELECT sum(qty) FILTER (WHERE status NOT IN ('cancelled', 'expired')) AS taken, count(*) AS orders
+			FROM orders WHERE sku = s.sku AND created_at >= s.sale_started_at) o ON true
+		ORDER BY s.sku`)
 	if err != nil {
 		return nil, fmt.Errorf("loading sale items: %w", err)
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (SaleItemState, error) {
 		var s SaleItemState
 		var starts, ends *time.Time
-		err := r.Scan(&s.SKU, &s.Stock, &s.PriceCents, &s.PerUserLimit, &starts, &ends, &s.SaleStartedAt, &s.TakenUnits)
+		err := r.Scan(&s.SKU, &s.Stock, &s.PriceCents, &s.PerUserLimit, &starts, &ends, &s.SaleStartedAt, &s.TakenUnits, &s.Orders)
 		if starts != nil {
 			s.StartsAt = *starts
 		}

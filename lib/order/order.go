@@ -49,30 +49,40 @@ type Order struct {
 // AppendJSON appends the record value of o to dst and returns the extended
 // buffer. It does not allocate when dst has room.
 func AppendJSON(dst []byte, o *Order) []byte {
+	return AppendRecord(dst, o.ID, o.UserID, o.SKU, o.Qty, o.PriceCents, o.IdemKey, o.ClientIP)
+}
+
+// AppendRecord appends the record value of an order given field by field, so
+// the edge can encode straight from request bytes. created_at is derived
+// from id. It does not allocate when dst has room.
+func AppendRecord[S ~string | ~[]byte](dst []byte, id int64, userID, sku S, qty int32, priceCents int64, idemKey, clientIP S) []byte {
 	dst = append(dst, `{"v":`...)
 	dst = strconv.AppendInt(dst, FormatVersion, 10)
 	dst = append(dst, `,"order_id":"`...)
-	dst = strconv.AppendInt(dst, o.ID, 10)
+	dst = strconv.AppendInt(dst, id, 10)
 	dst = append(dst, `","user_id":`...)
-	dst = AppendJSONString(dst, o.UserID)
+	dst = AppendJSONString(dst, userID)
 	dst = append(dst, `,"sku":`...)
-	dst = AppendJSONString(dst, o.SKU)
+	dst = AppendJSONString(dst, sku)
 	dst = append(dst, `,"qty":`...)
-	dst = strconv.AppendInt(dst, int64(o.Qty), 10)
+	dst = strconv.AppendInt(dst, int64(qty), 10)
 	dst = append(dst, `,"price_cents":`...)
-	dst = strconv.AppendInt(dst, o.PriceCents, 10)
-	if o.IdemKey != "" {
+	dst = strconv.AppendInt(dst, priceCents, 10)
+	if len(idemKey) > 0 {
 		dst = append(dst, `,"idempotency_key":`...)
-		dst = AppendJSONString(dst, o.IdemKey)
+		dst = AppendJSONString(dst, idemKey)
 	}
-	if o.ClientIP != "" {
+	if len(clientIP) > 0 {
 		dst = append(dst, `,"client_ip":`...)
-		dst = AppendJSONString(dst, o.ClientIP)
+		dst = AppendJSONString(dst, clientIP)
 	}
 	dst = append(dst, `,"created_at":"`...)
-	dst = o.CreatedAt.UTC().AppendFormat(dst, "2006-01-02T15:04:05.000Z07:00")
+	dst = orderid.Time(id).AppendFormat(dst, TimeFormat)
 	return append(dst, `"}`...)
 }
+
+// TimeFormat is how record and API times are written: RFC 3339, UTC, milliseconds.
+const TimeFormat = "2006-01-02T15:04:05.000Z07:00"
 
 // AppendJSONString appends s as a JSON string. Callers validate the fields'
 // character sets; this still escapes quotes, backslashes and control bytes so

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/flashgate/flashgate/ingest"
+	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/broker"
+)
+
+// requireBackends returns the brokers and database URL production commands
+// need, or an error saying which flag to set.
+func requireBackends(needKafka bool) ([]string, string, error) {
+	brokers := broker.Seeds(*kafkaBrokers)
+	switch {
+	case needKafka && len(brokers) == 0:
+		return nil, "", fmt.Errorf("--kafka-brokers is required (a comma list of host:port); for a one-machine stack use `flashgate dev`")
+	case *databaseURL == "":
+		return nil, "", fmt.Errorf("--database-url is required (postgres://user@host:port/db); for a one-machine stack use `flashgate dev`")
+	}
+	return brokers, *databaseURL, nil
+}
+
+func runEdge(ctx context.Context) error {
+	brokers, url, err := requireBackends(true)
+	if err != nil {
+		return err
+	}
+	pool, err := ledger.Open(ctx, url, 32)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	adm, err := broker.NewAdmin(brokers)
+	if err != nil {
+		return err
+	}
+	defer adm.Close()
+	if err := broker.EnsureTopics(ctx, adm, int32(*partitions), -1); err != nil {
+		return err
+	}
+	cfg := edgeConfigFromFlags()
+	cfg.Brokers = brokers
+	e, err := startEdge(ctx, cfg, pool, adm, ingest.FlagConfig().Group, *adminAddr)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	e.stop()
+	return nil
+}
+
+func runIngest(ctx context.Context) error {
+	brokers, url, err := requireBackends(true)
+	if err != nil {
+		return err
+	}
+	cfg := ingest.FlagConfig()
+	cfg.Brokers = brokers
+	pool, err := prepareLedger(ctx, url, cfg.PartitionsAheadDays)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	svc, err := ingest.Start(cfg, pool)
+	if err != nil {
+		return err
+	}
+	slog.Info("ingest: running", "workers", cfg.Workers, "group", cfg.Group)
+	<-ctx.Done()
+	svc.Stop()
+	return nil
+}
+
+func runMigrate(ctx context.Context) error {
+	_, url, err := requireBackends(false)
+	if err != nil {
+		return err
+	}
+	pool, err := ledger.Open(ctx, url, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	n, err := ledger.Migrate(ctx, pool)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("migrations applied: %d\n", n)
+	return nil
+}
+
+func runPartitions(ctx context.Context) error {
+	_, url, err := requireBackends(false)
+	if err != nil {
+		return err
+	}
+	pool, err := ledger.Open(ctx, url, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	ahead := ingest.FlagConfig().PartitionsAheadDays
+	n, err := ledger.EnsurePartitionsAround(ctx, pool, time.Now(), ahead)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("partitions made: %d (covering yesterday to %d days ahead)\n", n, ahead)
+	return nil
+}

@@ -1,0 +1,237 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/flashgate/flashgate/edge"
+	"github.com/flashgate/flashgate/ingest"
+	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/broker"
+	"github.com/flashgate/flashgate/lib/pgcluster"
+)
+
+// devOptions configures `flashgate dev`.
+type devOptions struct {
+	DataDir      string
+	EdgeAddr     string
+	AdminAddr    string
+	KafkaAddr    string
+	KafkaBrokers string // empty = embedded broker
+	DatabaseURL  string // empty = private cluster
+	Demo         bool
+	Partitions   int32
+	Edge         edge.Config
+	Ingest       ingest.Config
+	PGNoFsync    bool // throwaway clusters in tests
+}
+
+func devOptionsFromFlags() devOptions {
+	return devOptions{
+		DataDir: *dataDir, EdgeAddr: *edgeAddr, AdminAddr: *adminAddr, KafkaAddr: *kafkaAddr,
+		KafkaBrokers: *kafkaBrokers, DatabaseURL: *databaseURL, Demo: *demo, Partitions: int32(*partitions),
+		Edge: edgeConfigFromFlags(), Ingest: ingest.FlagConfig(),
+	}
+}
+
+func edgeConfigFromFlags() edge.Config {
+	cfg := edge.FlagConfig()
+	cfg.Addr, cfg.Auth = *edgeAddr, *authMode
+	prefixes, err := edge.ParsePrefixes(*trustProxy)
+	if err != nil {
+		fatalUsage(err.Error())
+	}
+	cfg.TrustProxy = prefixes
+	return cfg
+}
+
+// devEnv is what dev.env holds.
+type devEnv struct {
+	DatabaseURL, KafkaBrokers, EdgeURL, AdminURL string
+}
+
+func (e devEnv) String() string {
+	return fmt.Sprintf("DATABASE_URL=%s\nKAFKA_BROKERS=%s\nEDGE_URL=%s\nADMIN_URL=%s\n", e.DatabaseURL, e.KafkaBrokers, e.EdgeURL, e.AdminURL)
+}
+
+// demoSale is what --demo loads (only SKUs the ledger does not know yet, so
+// a restart never resets a sale's stock).
+var demoSale = []ledger.SaleItem{
+	{SKU: "DEMO-PHONE", Stock: 1000, PriceCents: 49900, PerUserLimit: 2},
+	{SKU: "DEMO-WATCH", Stock: 500, PriceCents: 19900, PerUserLimit: 1},
+	{SKU: "DEMO-TICKET", Stock: 10000, PriceCents: 2500, PerUserLimit: 4},
+}
+
+// runDev runs the whole stack until ctx ends, then stops it in order: admin,
+// edge (drained: every accepted order answered), ingest (after it caught
+// up, briefly), broker, ledger pool, PostgreSQL. ready, if set, is called
+// once everything serves.
+func runDev(ctx context.Context, o devOptions, ready func(devEnv)) (err error) {
+	dir, err := filepath.Abs(o.DataDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("cannot create --data-dir: %w", err)
+	}
+	var stops []func() // run in reverse order on the way out
+	defer func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}()
+
+	dbURL := o.DatabaseURL
+	if dbURL == "" {
+		slog.Info("dev: starting the private PostgreSQL cluster", "dir", filepath.Join(dir, "pg"))
+		pg, err := pgcluster.Start(ctx, pgcluster.Options{Dir: filepath.Join(dir, "pg"), NoFsync: o.PGNoFsync})
+		if err != nil {
+			return err
+		}
+		stops = append(stops, func() {
+			if err := pg.Stop(); err != nil {
+				slog.Warn("stopping PostgreSQL", "err", err)
+			}
+		})
+		dbURL = pg.URL()
+	}
+
+	brokers := broker.Seeds(o.KafkaBrokers)
+	if len(brokers) == 0 {
+		kf, err := broker.StartEmbedded(o.KafkaAddr, filepath.Join(dir, "kafka"), o.Partitions)
+		if err != nil {
+			return err
+		}
+		stops = append(stops, kf.Close)
+		brokers = []string{kf.Addr()}
+		slog.Info("dev: embedded Kafka broker up", "addr", kf.Addr(), "log", filepath.Join(dir, "kafka"))
+	}
+	adm, err := broker.NewAdmin(brokers)
+	if err != nil {
+		return err
+	}
+	stops = append(stops, adm.Close)
+	if err := broker.EnsureTopics(ctx, adm, o.Partitions, -1); err != nil {
+		return err
+	}
+
+	pool, err := prepareLedger(ctx, dbURL, o.Ingest.PartitionsAheadDays)
+	if err != nil {
+		return err
+	}
+	stops = append(stops, pool.Close)
+
+	o.Ingest.Brokers = brokers
+	ing, err := ingest.Start(o.Ingest, pool)
+	if err != nil {
+		return err
+	}
+	stops = append(stops, func() {
+		// Let ingest take what the edge accepted last, so the ledger is
+		// complete on exit (it would be on the next start anyway).
+		if err := ingest.WaitCaughtUp(context.Background(), adm, o.Ingest.Group, 10*time.Second); err != nil {
+			slog.Warn("dev: ingest did not catch up before stopping; the rest is taken on the next start", "err", err)
+		}
+		ing.Stop()
+	})
+
+	o.Edge.Addr, o.Edge.Brokers = o.EdgeAddr, brokers
+	e, err := startEdge(ctx, o.Edge, pool, adm, o.Ingest.Group, o.AdminAddr)
+	if err != nil {
+		return err
+	}
+	stops = append(stops, e.stop)
+
+	if o.Demo {
+		if err := loadDemo(ctx, e.srv); err != nil {
+			return err
+		}
+	}
+
+	env := devEnv{DatabaseURL: dbURL, KafkaBrokers: strings.Join(brokers, ","), EdgeURL: "http://" + o.EdgeAddr, AdminURL: "http://" + e.admin.Addr()}
+	if err := os.WriteFile(filepath.Join(dir, "dev.env"), []byte(env.String()), 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("flashgate dev is ready (Ctrl-C stops it). %s:\n%s", filepath.Join(dir, "dev.env"), env)
+	if ready != nil {
+		ready(env)
+	}
+	<-ctx.Done()
+	slog.Info("dev: stopping")
+	return nil
+}
+
+func loadDemo(ctx context.Context, srv *edge.Server) error {
+	for _, it := range demoSale {
+		if _, ok := srv.SKU(it.SKU); ok {
+			continue
+		}
+		if _, err := srv.PutSaleItem(ctx, it); err != nil {
+			return fmt.Errorf("loading the demo sale: %w", err)
+		}
+		slog.Info("dev: demo sale item loaded", "sku", it.SKU, "stock", it.Stock)
+	}
+	return nil
+}
+
+// prepareLedger connects to PostgreSQL, applies the migrations and makes the
+// partitions around today.
+func prepareLedger(ctx context.Context, url string, aheadDays int) (*pgxpool.Pool, error) {
+	pool, err := ledger.Open(ctx, url, 32)
+	if err != nil {
+		return nil, err
+	}
+	n, err := ledger.Migrate(ctx, pool)
+	if err == nil {
+		slog.Info("ledger: schema up to date", "migrations_applied_now", n)
+		_, err = ledger.EnsurePartitionsAround(ctx, pool, time.Now(), aheadDays)
+	}
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return pool, nil
+}
+
+type runningEdge struct {
+	srv   *edge.Server
+	admin *edge.Admin
+}
+
+// startEdge waits until ingest has every accepted order in the ledger, rebuilds
+// the sale table from it, then serves the edge and the admin plane.
+func startEdge(ctx context.Context, cfg edge.Config, pool *pgxpool.Pool, adm *kgo.Client, group, adminAddr string) (*runningEdge, error) {
+	srv, err := edge.New(cfg, pool)
+	if err != nil {
+		return nil, err
+	}
+	if err := ingest.WaitCaughtUp(ctx, adm, group, 2*time.Minute); err != nil {
+		return nil, err
+	}
+	if err := srv.LoadSaleItems(ctx); err != nil {
+		return nil, err
+	}
+	if err := srv.Start(); err != nil {
+		return nil, err
+	}
+	a, err := edge.StartAdmin(adminAddr, srv)
+	if err != nil {
+		stopWithin("edge", 30*time.Second, srv.Stop)
+		return nil, err
+	}
+	slog.Info("edge: serving", "addr", cfg.Addr, "admin", a.Addr())
+	return &runningEdge{srv: srv, admin: a}, nil
+}
+
+func (e *runningEdge) stop() {
+	stopWithin("admin plane", 5*time.Second, e.admin.Stop)
+	stopWithin("edge", 30*time.Second, e.srv.Stop)
+}

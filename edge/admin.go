@@ -1,0 +1,242 @@
+package edge
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http/pprof"
+	"strings"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/order"
+)
+
+// Admin is the admin plane (fasthttp): sale setup, status, /metrics and
+// /debug/pprof/. It binds to loopback by default.
+type Admin struct {
+	srv  *Server
+	http *fasthttp.Server
+	ln   net.Listener
+	done chan error
+}
+
+// StartAdmin serves the admin plane for srv on addr.
+func StartAdmin(addr string, srv *Server) (*Admin, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin plane cannot listen on %s: %w; possible fix: --admin-addr with a free port", addr, err)
+	}
+	a := &Admin{srv: srv, ln: ln, done: make(chan error, 1)}
+	a.http = &fasthttp.Server{
+		Handler:            a.handle,
+		Name:               "flashgate-admin",
+		ReadTimeout:        10 * time.Second,
+		MaxRequestBodySize: 1 << 20,
+	}
+	go func() { a.done <- a.http.Serve(ln) }()
+	return a, nil
+}
+
+// Addr is the admin plane's listen address.
+func (a *Admin) Addr() string { return a.ln.Addr().String() }
+
+// Stop stops the admin plane.
+func (a *Admin) Stop(ctx context.Context) error {
+	err := a.http.ShutdownWithContext(ctx)
+	<-a.done
+	return err
+}
+
+var pprofHandlers = map[string]fasthttp.RequestHandler{
+	"/debug/pprof/cmdline": fasthttpadaptor.NewFastHTTPHandlerFunc(pprof.Cmdline),
+	"/debug/pprof/profile": fasthttpadaptor.NewFastHTTPHandlerFunc(pprof.Profile),
+	"/debug/pprof/symbol":  fasthttpadaptor.NewFastHTTPHandlerFunc(pprof.Symbol),
+	"/debug/pprof/trace":   fasthttpadaptor.NewFastHTTPHandlerFunc(pprof.Trace),
+}
+
+var pprofIndex = fasthttpadaptor.NewFastHTTPHandlerFunc(pprof.Index)
+
+func (a *Admin) handle(ctx *fasthttp.RequestCtx) {
+	path := string(ctx.Path())
+	switch {
+	case strings.HasPrefix(path, "/admin/v1/skus/"):
+		sku := path[len("/admin/v1/skus/"):]
+		switch {
+		case !order.ValidSKU(sku):
+			adminProblem(ctx, 400, probInvalidRequest, "sku must be 1-64 bytes of [A-Za-z0-9_.-]")
+		case ctx.IsPut():
+			a.putSKU(ctx, sku)
+		case ctx.IsGet():
+			a.getSKU(ctx, sku)
+		default:
+			adminProblem(ctx, 405, probMethod, "use GET or PUT")
+		}
+	case path == "/admin/v1/status":
+		a.status(ctx)
+	case path == "/metrics":
+		ctx.SetContentType("text/plain; version=0.0.4")
+		metrics.WritePrometheus(ctx, true)
+	case strings.HasPrefix(path, "/debug/pprof/"):
+		if h, ok := pprofHandlers[path]; ok {
+			h(ctx)
+		} else {
+			pprofIndex(ctx)
+		}
+	default:
+		adminProblem(ctx, 404, probNotFound, "no such endpoint")
+	}
+}
+
+// skuRequest is the body of PUT /admin/v1/skus/{sku}.
+type skuRequest struct {
+	Stock        *int64     `json:"stock"`
+	PriceCents   *int64     `json:"price_cents"`
+	PerUserLimit int32      `json:"per_user_limit"`
+	StartsAt     *time.Time `json:"starts_at"`
+	EndsAt       *time.Time `json:"ends_at"`
+}
+
+func (a *Admin) putSKU(ctx *fasthttp.RequestCtx, sku string) {
+	var req skuRequest
+	dec := json.NewDecoder(bytes.NewReader(ctx.PostBody()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		adminProblem(ctx, 400, probInvalidRequest, "body must be {\"stock\": N, \"price_cents\": P, \"per_user_limit\": K, \"starts_at\": RFC3339, \"ends_at\": RFC3339}: "+err.Error())
+		return
+	}
+	if dec.More() {
+		adminProblem(ctx, 400, probInvalidRequest, "unexpected data after the JSON object")
+		return
+	}
+	item := ledger.SaleItem{SKU: sku, PerUserLimit: req.PerUserLimit}
+	switch {
+	case req.Stock == nil || *req.Stock < 0:
+		adminProblem(ctx, 400, probInvalidRequest, "stock is required and must be >= 0")
+		return
+	case req.PriceCents == nil || *req.PriceCents < 0:
+		adminProblem(ctx, 400, probInvalidRequest, "price_cents is required and must be >= 0")
+		return
+	case req.PerUserLimit < 0:
+		adminProblem(ctx, 400, probInvalidRequest, "per_user_limit must be >= 0 (0 = no limit)")
+		return
+	}
+	item.Stock, item.PriceCents = *req.Stock, *req.PriceCents
+	if req.StartsAt != nil {
+		item.StartsAt = *req.StartsAt
+	}
+	if req.EndsAt != nil {
+		item.EndsAt = *req.EndsAt
+	}
+	if !item.StartsAt.IsZero() && !item.EndsAt.IsZero() && !item.EndsAt.After(item.StartsAt) {
+		adminProblem(ctx, 400, probInvalidRequest, "ends_at must be after starts_at")
+		return
+	}
+	if _, err := a.srv.PutSaleItem(ctx, item); err != nil {
+		adminProblem(ctx, 503, probUnavailable, err.Error())
+		return
+	}
+	a.getSKU(ctx, sku)
+}
+
+// PutSaleItem stores a sale item in the ledger, then in the sale table, so a
+// restart finds what was loaded.
+func (s *Server) PutSaleItem(ctx context.Context, item ledger.SaleItem) (ledger.SaleItem, error) {
+	if err := s.items.roomFor(item.SKU); err != nil {
+		return item, err // refuse before touching the ledger
+	}
+	saved, err := ledger.PutSaleItem(ctx, s.pool, item)
+	if err != nil {
+		return saved, err
+	}
+	_, err = s.items.put(saved, -1)
+	return saved, err
+}
+
+// SKUState is what GET /admin/v1/skus/{sku} returns.
+type SKUState struct {
+	SKU          string     `json:"sku"`
+	Stock        int64      `json:"stock"`
+	Remaining    int64      `json:"remaining"`
+	Accepted     int64      `json:"accepted"`
+	TakenUnits   int64      `json:"taken_units"`
+	PriceCents   int64      `json:"price_cents"`
+	PerUserLimit int32      `json:"per_user_limit"`
+	StartsAt     *time.Time `json:"starts_at,omitempty"`
+	EndsAt       *time.Time `json:"ends_at,omitempty"`
+	Active       bool       `json:"active"`
+}
+
+// SKU returns the state of a sale item, or false if the edge has none.
+func (s *Server) SKU(sku string) (SKUState, bool) {
+	it := s.items.lookup([]byte(sku))
+	if it == nil {
+		return SKUState{}, false
+	}
+	return skuState(it), true
+}
+
+func skuState(it *saleItem) SKUState {
+	st := SKUState{
+		SKU: it.sku, Stock: it.stock.Load(), Remaining: it.remaining(), Accepted: it.accepted.Load(),
+		TakenUnits: it.taken.Load(), PriceCents: it.priceCents.Load(), PerUserLimit: it.perUserLimit.Load(),
+		Active: it.active(time.Now().UnixNano()),
+	}
+	if ns := it.startsAtNs.Load(); ns != 0 {
+		t := time.Unix(0, ns).UTC()
+		st.StartsAt = &t
+	}
+	if ns := it.endsAtNs.Load(); ns != 0 {
+		t := time.Unix(0, ns).UTC()
+		st.EndsAt = &t
+	}
+	return st
+}
+
+func (a *Admin) getSKU(ctx *fasthttp.RequestCtx, sku string) {
+	st, ok := a.srv.SKU(sku)
+	if !ok {
+		adminProblem(ctx, 404, probUnknownSKU, "no sale for this sku")
+		return
+	}
+	adminJSON(ctx, 200, st)
+}
+
+func (a *Admin) status(ctx *fasthttp.RequestCtx) {
+	s := a.srv
+	skus := s.items.all()
+	adminJSON(ctx, 200, map[string]any{
+		"ready":              s.Ready(),
+		"draining":           s.draining.Load(),
+		"event_loops":        s.cfg.loops(),
+		"connections":        s.conns.Load(),
+		"skus":               len(skus),
+		"skus_capacity":      s.cfg.MaxSKUs,
+		"produces_in_flight": s.produces.Load(),
+		"kafka_buffered":     s.prod.BufferedProduceRecords(),
+		"kafka_buffer_cap":   s.cfg.MaxBufferedRecords,
+	})
+}
+
+func adminJSON(ctx *fasthttp.RequestCtx, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(errors.Join(errors.New("BUG: admin response not encodable"), err))
+	}
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(append(b, '\n'))
+}
+
+func adminProblem(ctx *fasthttp.RequestCtx, status int, name, detail string) {
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/problem+json")
+	ctx.SetBody(appendProblem(nil, status, name, detail))
+}

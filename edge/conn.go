@@ -1,0 +1,135 @@
+package edge
+
+import (
+	"net/netip"
+	"sync/atomic"
+
+	"github.com/panjf2000/gnet/v2"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Slot states.
+const (
+	slotFree int32 = iota
+	slotPending
+	slotReady
+)
+
+// slot holds one request's response until it may leave: responses leave in
+// request order even when their completions (Kafka acks, ledger reads) come
+// back out of order on other goroutines.
+//
+// Ownership: while a slot is pending, its buffers belong to whoever completes
+// it (the produce promise or the read goroutine); it hands them back to the
+// event loop by storing slotReady and waking the connection.
+type slot struct {
+	cs    *connState
+	state atomic.Int32
+	resp  []byte // the whole response once ready
+	close bool   // close the connection after this response
+
+	// The order in flight (reused across requests: no allocation per order).
+	rec      kgo.Record
+	key, val []byte
+	orderID  int64
+	item     *saleItem
+	qty      int64
+	bodyOff  int // where the 202 body starts in resp (for the recent-orders cache)
+	userLen  int // key holds the user id
+	promise  func(*kgo.Record, error)
+	readID   int64
+	readUser []byte
+}
+
+// connState is a connection's state; only its event loop touches it, except
+// slots as described above and closed.
+type connState struct {
+	srv   *Server
+	c     gnet.Conn
+	shard int
+	peer  netip.Addr
+
+	slots []slot // ring of MaxPipeline slots
+	head  int
+	n     int // slots in use, from head
+
+	out      []byte // responses ready to be written this round
+	closing  bool   // a Connection: close response is queued: read no more
+	closeNow bool   // it was written: close after this write
+	closed   atomic.Bool
+	req      request
+	scratch  []byte
+}
+
+func newConnState(srv *Server, c gnet.Conn, shard int, peer netip.Addr) *connState {
+	cs := &connState{srv: srv, c: c, shard: shard, peer: peer, slots: make([]slot, srv.cfg.MaxPipeline)}
+	for i := range cs.slots {
+		s := &cs.slots[i]
+		s.cs = cs
+		s.promise = s.onProduced
+	}
+	return cs
+}
+
+// push takes the next slot in request order. The caller checks room.
+func (cs *connState) push() *slot {
+	if cs.n == len(cs.slots) {
+		panic("BUG: pipeline slots exhausted")
+	}
+	s := &cs.slots[(cs.head+cs.n)%len(cs.slots)]
+	cs.n++
+	cs.srv.queued.Add(1)
+	return s
+}
+
+// respond queues a response that is ready now.
+func (cs *connState) respond(status int, h *respHeader, body []byte) {
+	responsesTotal[status].Inc()
+	if h.close {
+		cs.closing = true
+	}
+	if cs.n == 0 { // nothing ahead of it: straight to the output
+		cs.out = appendResponse(cs.out, status, h, body)
+		cs.closeNow = cs.closeNow || h.close
+		return
+	}
+	s := cs.push()
+	s.resp = appendResponse(s.resp[:0], status, h, body)
+	s.close = h.close
+	s.state.Store(slotReady)
+}
+
+// problem queues a problem+json response.
+func (cs *connState) problem(status int, name, detail string, h respHeader) {
+	h.contentType = "application/problem+json"
+	cs.scratch = appendProblem(cs.scratch[:0], status, name, detail)
+	cs.respond(status, &h, cs.scratch)
+}
+
+// flushReady moves the ready responses at the head of the queue to out.
+func (cs *connState) flushReady() {
+	for cs.n > 0 {
+		s := &cs.slots[cs.head]
+		if s.state.Load() != slotReady {
+			return
+		}
+		cs.out = append(cs.out, s.resp...)
+		closeAfter := s.close
+		s.state.Store(slotFree)
+		cs.head = (cs.head + 1) % len(cs.slots)
+		cs.n--
+		cs.srv.queued.Add(-1)
+		if closeAfter {
+			cs.closeNow = true
+			return
+		}
+	}
+}
+
+// complete hands a pending slot back to the event loop.
+func (s *slot) complete() {
+	s.state.Store(slotReady)
+	if !s.cs.closed.Load() {
+		_ = s.cs.c.Wake(nil) // OnTraffic flushes it; an error means the connection is gone
+	}
+}

@@ -1,0 +1,29 @@
+package edge
+
+import (
+	"strconv"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// responsesTotal counts responses by status code, indexed by the code so the
+// hot path does no map lookup.
+var responsesTotal = func() (t [600]*metrics.Counter) {
+	for code := range statusText {
+		t[code] = metrics.NewCounter(`flashgate_edge_responses_total{code="` + strconv.Itoa(code) + `"}`)
+	}
+	return t
+}()
+
+var (
+	ordersAcceptedTotal   = metrics.NewCounter(`flashgate_edge_orders_accepted_total`)
+	ordersSoldOutTotal    = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="sold-out"}`)
+	ordersInactiveTotal   = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="sale-not-active"}`)
+	ordersUnknownSKUTotal = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="unknown-sku"}`)
+	ordersInvalidTotal    = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="invalid-request"}`)
+	produceFailedTotal    = metrics.NewCounter(`flashgate_edge_produce_errors_total{outcome="failed"}`)
+	produceUnknownTotal   = metrics.NewCounter(`flashgate_edge_produce_errors_total{outcome="unknown"}`)
+	readsRejectedTotal    = metrics.NewCounter(`flashgate_edge_reads_rejected_total`)
+	slowReaderCloseTotal  = metrics.NewCounter(`flashgate_edge_slow_reader_closes_total`)
+	connsOpenedTotal      = metrics.NewCounter(`flashgate_edge_connections_opened_total`)
+)

@@ -1,0 +1,323 @@
+package edge
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/order"
+)
+
+var (
+	pathOrders      = []byte("/v1/orders")
+	pathOrdersSlash = []byte("/v1/orders/")
+	locationPrefix  = []byte("/v1/orders/")
+	healthOK        = []byte(`{"status":"ok"}`)
+	notReady        = []byte(`{"status":"not ready"}`)
+)
+
+// serve routes one parsed request. The request's slices are only valid for
+// the duration of the call.
+func (s *Server) serve(cs *connState, r *request) {
+	closeAfter := !r.keepAlive || s.draining.Load()
+	path := r.path
+	switch {
+	case bytes.Equal(path, pathOrders):
+		if string(r.method) != "POST" {
+			cs.problem(405, probMethod, "use POST "+string(pathOrders), respHeader{close: closeAfter})
+			return
+		}
+		s.postOrder(cs, r, closeAfter)
+	case bytes.HasPrefix(path, pathOrdersSlash):
+		id, ok := parseOrderID(path[len(pathOrdersSlash):])
+		if !ok {
+			cs.problem(404, probNotFound, "no such order", respHeader{close: closeAfter})
+			return
+		}
+		if string(r.method) != "GET" {
+			cs.problem(405, probMethod, "use GET", respHeader{close: closeAfter})
+			return
+		}
+		s.getOrder(cs, r, id, closeAfter)
+	case string(path) == "/healthz":
+		cs.respond(200, &respHeader{close: closeAfter}, healthOK)
+	case string(path) == "/readyz":
+		if s.Ready() {
+			cs.respond(200, &respHeader{close: closeAfter}, healthOK)
+		} else {
+			cs.respond(503, &respHeader{close: closeAfter, retryAfter: 1}, notReady)
+		}
+	default:
+		cs.problem(404, probNotFound, "no such endpoint", respHeader{close: closeAfter})
+	}
+}
+
+// parseOrderID parses a decimal order id (1-19 digits, no sign, no leading zero).
+func parseOrderID(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 19 || b[0] == '0' {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		if !isDigit(c) {
+			return 0, false
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	if n > 1<<63-1 {
+		return 0, false
+	}
+	return int64(n), true
+}
+
+// identify returns the caller's user id, or nil after answering 401.
+func (s *Server) identify(cs *connState, r *request, closeAfter bool) []byte {
+	if !order.ValidUserID(r.userID) {
+		cs.problem(401, probUnauthorized, "X-User-ID must be 1-64 bytes of [A-Za-z0-9_-]", respHeader{close: closeAfter})
+		return nil
+	}
+	return r.userID
+}
+
+// clientIP returns the client's address: the last X-Forwarded-For entry when
+// the peer is a trusted proxy, else the peer itself.
+func (s *Server) clientIP(cs *connState, r *request) netip.Addr {
+	if len(r.xff) == 0 || !s.trusted(cs.peer) {
+		return cs.peer
+	}
+	last := r.xff
+	if i := bytes.LastIndexByte(last, ','); i >= 0 {
+		last = last[i+1:]
+	}
+	last = bytes.Trim(last, " \t")
+	var a netip.Addr
+	if err := a.UnmarshalText(last); err != nil {
+		return cs.peer
+	}
+	return a.Unmap()
+}
+
+func (s *Server) trusted(a netip.Addr) bool {
+	for _, p := range s.cfg.TrustProxy {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// postOrder admits an order and hands it to Kafka; the 202 leaves when the
+// broker acknowledged the record.
+func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
+	user := s.identify(cs, r, closeAfter)
+	if user == nil {
+		return
+	}
+	sku, qty, detail := parseOrderBody(r.body)
+	if detail != "" {
+		ordersInvalidTotal.Inc()
+		cs.problem(400, probInvalidRequest, detail, respHeader{close: closeAfter})
+		return
+	}
+	if len(r.idemKey) > 0 && !order.ValidIdemKey(r.idemKey) {
+		ordersInvalidTotal.Inc()
+		cs.problem(400, probInvalidRequest, "Idempotency-Key must be 1-255 visible ASCII bytes", respHeader{close: closeAfter})
+		return
+	}
+	it := s.items.lookup(sku)
+	if it == nil {
+		ordersUnknownSKUTotal.Inc()
+		cs.problem(404, probUnknownSKU, "no sale for this sku", respHeader{close: closeAfter})
+		return
+	}
+	if !it.active(time.Now().UnixNano()) {
+		ordersInactiveTotal.Inc()
+		cs.problem(409, probSaleNotActive, "the sale of this sku is not open now", respHeader{close: closeAfter})
+		return
+	}
+	if s.draining.Load() {
+		cs.problem(503, probUnavailable, "the edge is shutting down", respHeader{close: true, retryAfter: 1})
+		return
+	}
+	if !it.take(qty) {
+		ordersSoldOutTotal.Inc()
+		cs.problem(409, probSoldOut, "no stock left for this sku", respHeader{close: closeAfter})
+		return
+	}
+
+	id := s.gens[cs.shard].Next()
+	sl := cs.push()
+	sl.state.Store(slotPending)
+	sl.orderID, sl.item, sl.qty, sl.close = id, it, qty, closeAfter
+	if closeAfter {
+		cs.closing = true
+	}
+	ip := s.clientIP(cs, r)
+	cs.scratch = ip.AppendTo(cs.scratch[:0])
+	sl.key = append(sl.key[:0], user...)
+	sl.userLen = len(user)
+	sl.val = order.AppendRecord(sl.val[:0], id, user, sku, int32(qty), it.priceCents.Load(), r.idemKey, cs.scratch)
+
+	// The 202 is built now, while the request bytes are valid; it leaves
+	// only if the broker acks.
+	body := appendAccepted(cs.scratch[:0], id, sku, qty, user)
+	sl.resp = appendResponse(sl.resp[:0], 202, &respHeader{location: locationPrefix, locationID: id, close: closeAfter}, body)
+	sl.bodyOff = len(sl.resp) - len(body)
+
+	sl.rec = kgo.Record{Key: sl.key, Value: sl.val}
+	s.produces.Add(1)
+	s.prod.TryProduce(context.Background(), &sl.rec, sl.promise)
+}
+
+func appendAccepted(dst []byte, id int64, sku []byte, qty int64, user []byte) []byte {
+	dst = append(dst, `{"order_id":"`...)
+	dst = strconv.AppendInt(dst, id, 10)
+	dst = append(dst, `","status":"accepted","sku":`...)
+	dst = order.AppendJSONString(dst, sku)
+	dst = append(dst, `,"qty":`...)
+	dst = strconv.AppendInt(dst, qty, 10)
+	dst = append(dst, `,"user_id":`...)
+	dst = order.AppendJSONString(dst, user)
+	return append(dst, '}')
+}
+
+// onProduced is the produce promise. It runs on a franz-go goroutine.
+func (sl *slot) onProduced(_ *kgo.Record, err error) {
+	s := sl.cs.srv
+	defer s.produces.Add(-1)
+	if err == nil {
+		sl.item.accepted.Add(1)
+		ordersAcceptedTotal.Inc()
+		responsesTotal[202].Inc()
+		var k [8]byte
+		binary.BigEndian.PutUint64(k[:], uint64(sl.orderID))
+		// user id, NUL, the 202 body: enough for GET to answer "accepted".
+		v := append(append(sl.val[:0], sl.key[:sl.userLen]...), 0)
+		s.recent.Set(k[:], append(v, sl.resp[sl.bodyOff:]...))
+		sl.complete()
+		return
+	}
+	if definiteFailure(err) {
+		// The record was never written: give the stock back.
+		sl.item.giveBack(sl.qty)
+		produceFailedTotal.Inc()
+	} else {
+		// It may still land: keep the stock taken; reconciliation against the
+		// ledger resolves the order later.
+		produceUnknownTotal.Inc()
+		slog.Warn("edge: order outcome unknown; stock kept taken until reconciled", "order_id", sl.orderID, "err", err)
+	}
+	responsesTotal[503].Inc()
+	h := respHeader{contentType: "application/problem+json", retryAfter: 1, close: sl.close}
+	sl.resp = appendResponse(sl.resp[:0], 503, &h, appendProblem(sl.val[:0], 503, probUnavailable, "the order could not be handed to Kafka; retry with the same Idempotency-Key"))
+	sl.complete()
+}
+
+// definiteFailure reports whether err means the record was certainly not
+// written (so its stock may be given back).
+func definiteFailure(err error) bool {
+	if errors.Is(err, kgo.ErrMaxBuffered) {
+		return true
+	}
+	var ke *kerr.Error
+	return errors.As(err, &ke) && !ke.Retriable
+}
+
+// getOrder answers GET /v1/orders/{id} from the ledger, or from the
+// recent-orders cache ("accepted") while the ledger does not have it yet.
+// The read runs off the event loop.
+func (s *Server) getOrder(cs *connState, r *request, id int64, closeAfter bool) {
+	user := s.identify(cs, r, closeAfter)
+	if user == nil {
+		return
+	}
+	select {
+	case s.readSem <- struct{}{}:
+	default:
+		readsRejectedTotal.Inc()
+		cs.problem(503, probUnavailable, "too many reads in flight; see -edge.maxReadsInFlight", respHeader{close: closeAfter, retryAfter: 1})
+		return
+	}
+	sl := cs.push()
+	sl.state.Store(slotPending)
+	sl.close = closeAfter
+	if closeAfter {
+		cs.closing = true
+	}
+	sl.readID = id
+	sl.readUser = append(sl.readUser[:0], user...)
+	go s.readOrder(sl)
+}
+
+func (s *Server) readOrder(sl *slot) {
+	defer func() { <-s.readSem }()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rec, err := ledger.GetOrder(ctx, s.pool, sl.readID)
+	status, body := 200, []byte(nil)
+	switch {
+	case err == nil && string(sl.readUser) == rec.UserID:
+		body = appendOrder(sl.val[:0], &rec)
+	case errors.Is(err, ledger.ErrNotFound) && s.recentFor(sl):
+		body = sl.val // accepted, on its way to the ledger
+	case err == nil || errors.Is(err, ledger.ErrNotFound):
+		// Another user's order is answered as if it did not exist.
+		status, body = 404, appendProblem(sl.val[:0], 404, probNotFound, "no such order")
+	default:
+		status, body = 503, appendProblem(sl.val[:0], 503, probUnavailable, "the ledger cannot be read now")
+		slog.Warn("edge: order read failed", "order_id", sl.readID, "err", err)
+	}
+	h := respHeader{close: sl.close}
+	if status != 200 {
+		h.contentType = "application/problem+json"
+	}
+	if status == 503 {
+		h.retryAfter = 1
+	}
+	responsesTotal[status].Inc()
+	sl.resp = appendResponse(sl.resp[:0], status, &h, body)
+	sl.complete()
+}
+
+// recentFor looks the slot's order up in the recent-orders cache and, when
+// the caller placed it, leaves its "accepted" body in sl.val.
+func (s *Server) recentFor(sl *slot) bool {
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], uint64(sl.readID))
+	v := s.recent.Get(sl.val[:0], k[:])
+	i := bytes.IndexByte(v, 0)
+	if i <= 0 || string(v[:i]) != string(sl.readUser) {
+		return false
+	}
+	sl.val = append(v[:0], v[i+1:]...)
+	return true
+}
+
+func appendOrder(dst []byte, r *ledger.Record) []byte {
+	dst = append(dst, `{"order_id":"`...)
+	dst = strconv.AppendInt(dst, r.ID, 10)
+	dst = append(dst, `","status":`...)
+	dst = order.AppendJSONString(dst, r.Status)
+	dst = append(dst, `,"sku":`...)
+	dst = order.AppendJSONString(dst, r.SKU)
+	dst = append(dst, `,"qty":`...)
+	dst = strconv.AppendInt(dst, int64(r.Qty), 10)
+	dst = append(dst, `,"user_id":`...)
+	dst = order.AppendJSONString(dst, r.UserID)
+	dst = append(dst, `,"price_cents":`...)
+	dst = strconv.AppendInt(dst, r.PriceCents, 10)
+	dst = append(dst, `,"created_at":"`...)
+	dst = r.CreatedAt.UTC().AppendFormat(dst, order.TimeFormat)
+	dst = append(dst, `","updated_at":"`...)
+	dst = r.UpdatedAt.UTC().AppendFormat(dst, order.TimeFormat)
+	return append(dst, `"}`...)
+}

@@ -1,0 +1,258 @@
+package edge
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/fastcache"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/panjf2000/gnet/v2"
+	"github.com/panjf2000/gnet/v2/pkg/logging"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/broker"
+	"github.com/flashgate/flashgate/lib/orderid"
+)
+
+// maxOutboundBytes bounds what a connection that does not read its responses
+// may hold in the output buffer before it is closed.
+const maxOutboundBytes = 4 << 20
+
+// Server is the edge: HTTP on gnet event loops, admission, Kafka hand-off.
+type Server struct {
+	gnet.BuiltinEventEngine
+	cfg   Config
+	lim   parseLimits
+	pool  *pgxpool.Pool
+	prod  *kgo.Client
+	items *saleTable
+	// recent answers GET for orders accepted but not yet in the ledger.
+	recent *fastcache.Cache
+	gens   []*orderid.Generator // one per shard
+
+	loopsMu sync.Mutex
+	loops   atomic.Pointer[[]gnet.EventLoop] // shard index = position
+
+	eng      gnet.Engine
+	booted   chan struct{}
+	runErr   chan error
+	readSem  chan struct{}
+	conns    atomic.Int64
+	queued   atomic.Int64 // responses queued on connections, not yet written
+	produces atomic.Int64 // records handed to Kafka, not yet acked or failed
+	draining atomic.Bool
+}
+
+// New builds an edge writing orders to cfg.Brokers and reading the ledger
+// through pool. Call LoadSaleItems, then Start.
+func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:     cfg,
+		lim:     parseLimits{requestLine: cfg.MaxRequestLineBytes, headerBytes: cfg.MaxHeaderBytes, headers: cfg.MaxHeaders, body: cfg.MaxBodyBytes},
+		pool:    pool,
+		items:   newSaleTable(cfg.MaxSKUs),
+		recent:  fastcache.New(cfg.RecentOrdersBytes),
+		booted:  make(chan struct{}),
+		runErr:  make(chan error, 1),
+		readSem: make(chan struct{}, cfg.MaxReadsInFlight),
+	}
+	for i := 0; i < cfg.loops(); i++ {
+		s.gens = append(s.gens, orderid.MustNew(cfg.NodeID, i))
+	}
+	empty := []gnet.EventLoop{}
+	s.loops.Store(&empty)
+	prod, err := kgo.NewClient(
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.DefaultProduceTopic(broker.TopicOrderCreated),
+		// A 202 means the record is on every in-sync replica.
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerBatchCompression(kgo.ZstdCompression(), kgo.NoCompression()),
+		kgo.ProducerLinger(cfg.ProduceLinger),
+		kgo.MaxBufferedRecords(cfg.MaxBufferedRecords),
+		kgo.RecordDeliveryTimeout(cfg.DeliveryTimeout),
+		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), // keyed by user id
+	)
+	if err != nil {
+		return nil, fmt.Errorf("edge: kafka producer: %w", err)
+	}
+	s.prod = prod
+	return s, nil
+}
+
+// LoadSaleItems rebuilds the sale table from the ledger: each item's stock,
+// less the units of the orders the ledger holds. Orders still in Kafka are not
+// in the ledger yet: wait for ingest to catch up before calling this.
+func (s *Server) LoadSaleItems(ctx context.Context) error {
+	items, err := ledger.LoadSaleItems(ctx, s.pool)
+	if err != nil {
+		return err
+	}
+	for _, it := range items {
+		item, err := s.items.put(it.SaleItem, it.TakenUnits)
+		if err != nil {
+			return err
+		}
+		item.accepted.Store(it.Orders)
+	}
+	slog.Info("edge: sale items loaded from the ledger", "skus", len(items))
+	return nil
+}
+
+// Start serves HTTP on cfg.Addr and returns once the listener is up.
+func (s *Server) Start() error {
+	go func() {
+		s.runErr <- gnet.Run(s, "tcp://"+s.cfg.Addr,
+			gnet.WithMulticore(true),
+			gnet.WithNumEventLoop(s.cfg.loops()),
+			gnet.WithReusePort(true),
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+			gnet.WithTCPKeepAlive(time.Minute),
+			gnet.WithLogLevel(logging.ErrorLevel),
+		)
+	}()
+	select {
+	case <-s.booted:
+		return nil
+	case err := <-s.runErr:
+		return fmt.Errorf("edge cannot serve on %s: %w; possible fix: --edge-addr with a free port", s.cfg.Addr, err)
+	}
+}
+
+// Stop drains the edge: new connections and requests are refused (503), every
+// order already handed to Kafka is waited for and answered, then the event
+// loops stop and the producer is flushed and closed.
+func (s *Server) Stop(ctx context.Context) error {
+	s.draining.Store(true)
+	var err error
+	for s.produces.Load() > 0 || s.queued.Load() > 0 {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("edge: stopped with %d produces and %d responses outstanding: %w", s.produces.Load(), s.queued.Load(), ctx.Err())
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if e := s.eng.Stop(ctx); e != nil && err == nil {
+		err = e
+	}
+	<-s.runErr
+	if e := s.prod.Flush(ctx); e != nil && err == nil {
+		err = e
+	}
+	s.prod.Close()
+	return err
+}
+
+// Ready reports whether the edge takes orders.
+func (s *Server) Ready() bool {
+	select {
+	case <-s.booted:
+		return !s.draining.Load()
+	default:
+		return false
+	}
+}
+
+// OnBoot implements gnet.EventHandler.
+func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
+	s.eng = eng
+	close(s.booted)
+	return gnet.None
+}
+
+// shardOf returns the shard index of an event loop, registering it the first
+// time (once per loop, not per request).
+func (s *Server) shardOf(el gnet.EventLoop) int {
+	for i, l := range *s.loops.Load() {
+		if l == el {
+			return i
+		}
+	}
+	s.loopsMu.Lock()
+	defer s.loopsMu.Unlock()
+	cur := *s.loops.Load()
+	for i, l := range cur {
+		if l == el {
+			return i
+		}
+	}
+	if len(cur) >= len(s.gens) {
+		panic("BUG: more event loops than configured")
+	}
+	next := append(append([]gnet.EventLoop{}, cur...), el)
+	s.loops.Store(&next)
+	return len(next) - 1
+}
+
+// OnOpen implements gnet.EventHandler.
+func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+	if s.draining.Load() {
+		return nil, gnet.Close
+	}
+	connsOpenedTotal.Inc()
+	s.conns.Add(1)
+	var peer netip.Addr
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		peer = a.AddrPort().Addr().Unmap()
+	}
+	c.SetContext(newConnState(s, c, s.shardOf(c.EventLoop()), peer))
+	return nil, gnet.None
+}
+
+// OnClose implements gnet.EventHandler.
+func (s *Server) OnClose(c gnet.Conn, _ error) gnet.Action {
+	s.conns.Add(-1)
+	if cs, ok := c.Context().(*connState); ok {
+		cs.closed.Store(true)
+		s.queued.Add(-int64(cs.n)) // their completions find the connection closed
+		cs.n = 0
+	}
+	return gnet.None
+}
+
+// OnTraffic implements gnet.EventHandler: it writes the responses that became
+// ready, then parses and serves the requests buffered, as many as the
+// pipeline has room for.
+func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
+	cs := c.Context().(*connState)
+	cs.flushReady()
+	if !cs.closing && !cs.closeNow {
+		buf, _ := c.Peek(-1)
+		consumed := 0
+		for cs.n < len(cs.slots) && !cs.closing && consumed < len(buf) {
+			n, status := parseRequest(buf[consumed:], &cs.req, &s.lim)
+			if status != 0 {
+				cs.problem(status, probProtocol, protocolDetail(status), respHeader{close: true})
+				consumed = len(buf)
+				break
+			}
+			if n == 0 {
+				break
+			}
+			s.serve(cs, &cs.req)
+			consumed += n
+		}
+		_, _ = c.Discard(consumed)
+	}
+	if len(cs.out) > 0 {
+		_, _ = c.Write(cs.out)
+		cs.out = cs.out[:0]
+		if c.OutboundBuffered() > maxOutboundBytes {
+			slowReaderCloseTotal.Inc()
+			return gnet.Close
+		}
+	}
+	if cs.closeNow {
+		return gnet.Close
+	}
+	return gnet.None
+}

@@ -1,0 +1,124 @@
+// Command flashgate is the flash-sale order service: one binary, subcommands
+// for each component and for the whole stack on one machine (`dev`).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+// Flags of the contract (shared by the subcommands that use them).
+var (
+	edgeAddr     = flag.String("edge-addr", "127.0.0.1:8080", "listen address of the edge (orders HTTP API)")
+	adminAddr    = flag.String("admin-addr", "127.0.0.1:8081", "listen address of the admin plane (sale setup, /metrics, /debug/pprof); keep it on loopback")
+	kafkaAddr    = flag.String("kafka-addr", "127.0.0.1:9092", "listen address of the embedded Kafka broker (dev only; ignored with --kafka-brokers)")
+	kafkaBrokers = flag.String("kafka-brokers", "", "comma list of Kafka brokers; empty in dev = the embedded broker")
+	databaseURL  = flag.String("database-url", "", "PostgreSQL URL; empty in dev = a private cluster under --data-dir")
+	dataDir      = flag.String("data-dir", "./var", "where dev keeps its PostgreSQL cluster (pg/), broker log (kafka/) and dev.env")
+	authMode     = flag.String("auth", "dev", "identity: dev (trust X-User-ID) or jwt (verified bearer token; not available yet)")
+	demo         = flag.Bool("demo", false, "dev: load a demo sale (a few SKUs with stock) unless they exist already")
+	trustProxy   = flag.String("trust-proxy", "127.0.0.0/8", "comma list of CIDRs whose X-Forwarded-For is believed for the client IP")
+	partitions   = flag.Int("kafka.partitions", 6, "partitions of the topics flashgate creates when they are missing")
+	logLevel     = flag.String("log.level", "info", "log level: debug, info, warn, error")
+)
+
+const usage = `flashgate: flash-sale order intake.
+
+Usage: flashgate <command> [flags]
+
+Commands:
+  dev                  the whole stack on one machine: PostgreSQL, embedded Kafka, ingest, edge, admin
+  edge                 the order edge and its admin plane (needs --kafka-brokers and --database-url)
+  ingest               ingest workers: order.created -> PostgreSQL (needs --kafka-brokers and --database-url)
+  ledger migrate       apply the schema migrations
+  ledger partitions    make the daily partitions of orders ahead (-ingest.partitionsAhead days)
+  version              print the version
+
+Run 'flashgate <command> -help' for the flags.
+`
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "-help" || os.Args[1] == "--help" || os.Args[1] == "help" {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	cmd, args := os.Args[1], os.Args[2:]
+	if cmd == "ledger" {
+		if len(args) == 0 {
+			fatalUsage("ledger needs a subcommand: migrate or partitions")
+		}
+		cmd, args = "ledger "+args[0], args[1:]
+	}
+	flag.CommandLine.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Usage: flashgate %s [flags]\n\nFlags:\n", cmd)
+		flag.PrintDefaults()
+	}
+	if err := flag.CommandLine.Parse(args); err != nil {
+		os.Exit(2)
+	}
+	if flag.NArg() > 0 {
+		fatalUsage(fmt.Sprintf("unexpected argument %q; flags come as -name value", flag.Arg(0)))
+	}
+	setupLogging()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop() // a second Ctrl-C kills at once
+	}()
+	var err error
+	switch cmd {
+	case "dev":
+		err = runDev(ctx, devOptionsFromFlags(), nil)
+	case "edge":
+		err = runEdge(ctx)
+	case "ingest":
+		err = runIngest(ctx)
+	case "ledger migrate":
+		err = runMigrate(ctx)
+	case "ledger partitions":
+		err = runPartitions(ctx)
+	case "version":
+		fmt.Println("flashgate", version)
+	case "ledger reconcile", "ledger expire", "tracegen", "replay", "bench":
+		err = fmt.Errorf("%q is not available yet in this version", cmd)
+	default:
+		fatalUsage(fmt.Sprintf("unknown command %q", cmd))
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		slog.Error("flashgate "+cmd+" failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func fatalUsage(msg string) {
+	fmt.Fprintf(os.Stderr, "flashgate: %s\n\n%s", msg, usage)
+	os.Exit(2)
+}
+
+func setupLogging() {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		fatalUsage(fmt.Sprintf("-log.level %q: want debug, info, warn or error", *logLevel))
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
+}
+
+// stopWithin runs a shutdown step with its own deadline, logging failures.
+func stopWithin(what string, d time.Duration, fn func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if err := fn(ctx); err != nil {
+		slog.Warn("stopping "+what, "err", err)
+	}
+}

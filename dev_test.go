@@ -1,0 +1,294 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/flashgate/flashgate/edge"
+	"github.com/flashgate/flashgate/ingest"
+	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/testenv"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type devStack struct {
+	env    devEnv
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startDev runs `flashgate dev` in-process on dir with fresh ports.
+func startDev(t *testing.T, dir string) *devStack {
+	t.Helper()
+	o := devOptions{
+		DataDir: dir, EdgeAddr: freeAddr(t), AdminAddr: freeAddr(t), KafkaAddr: freeAddr(t),
+		Partitions: 3, Edge: edge.DefaultConfig(), Ingest: ingest.DefaultConfig(), PGNoFsync: true,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	st := &devStack{cancel: cancel, done: make(chan error, 1)}
+	ready := make(chan devEnv, 1)
+	go func() { st.done <- runDev(ctx, o, func(e devEnv) { ready <- e }) }()
+	select {
+	case st.env = <-ready:
+	case err := <-st.done:
+		t.Fatalf("flashgate dev did not start: %v", err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("flashgate dev not ready after 2 minutes")
+	}
+	t.Cleanup(func() { st.stop(t) })
+	return st
+}
+
+func (st *devStack) stop(t *testing.T) {
+	t.Helper()
+	if st.cancel == nil {
+		return
+	}
+	st.cancel()
+	st.cancel = nil
+	select {
+	case err := <-st.done:
+		if err != nil {
+			t.Errorf("flashgate dev stopped with %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Error("flashgate dev did not stop within a minute")
+	}
+}
+
+func doJSON(t *testing.T, method, url, user, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if user != "" {
+		req.Header.Set("X-User-ID", user)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var v map[string]any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatalf("%s %s: %d with a body that is not JSON: %q", method, url, resp.StatusCode, b)
+	}
+	return resp.StatusCode, v
+}
+
+func putSKU(t *testing.T, st *devStack, sku string, stock int) {
+	t.Helper()
+	code, v := doJSON(t, "PUT", st.env.AdminURL+"/admin/v1/skus/"+sku, "", fmt.Sprintf(`{"stock":%d,"price_cents":1234,"per_user_limit":0}`, stock))
+	if code != 200 || v["remaining"] != float64(stock) {
+		t.Fatalf("PUT sku %s: %d %v", sku, code, v)
+	}
+}
+
+// ledgerCounts returns, per order id of sku, how many rows the ledger has,
+// waiting until it holds want distinct orders.
+func ledgerCounts(t *testing.T, url, sku string, want int) map[string]int {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rows, err := conn.Query(ctx, "SELECT order_id::text, count(*) FROM orders WHERE sku = $1 GROUP BY order_id", sku)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]int{}
+		for rows.Next() {
+			var id string
+			var n int
+			rows.Scan(&id, &n)
+			got[id] = n
+		}
+		if len(got) >= want || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The vertical slice: POST on the gnet edge -> stock -> order.created -> 202
+// after the ack -> ingest COPY -> orders -> GET; then a restart on the same
+// data dir reuses the cluster, applies no migration again and keeps the stock.
+func TestDevEndToEnd(t *testing.T) {
+	dir := testenv.TempDir(t)
+	st := startDev(t, dir)
+	const stock, users, perUser = 50, 8, 10
+	putSKU(t, st, "E2E-1", stock)
+
+	var mu sync.Mutex
+	accepted := map[string]string{} // order id -> user
+	soldOut := 0
+	var wg sync.WaitGroup
+	for u := 0; u < users; u++ {
+		wg.Add(1)
+		go func(user string) {
+			defer wg.Done()
+			for i := 0; i < perUser; i++ {
+				code, v := doJSON(t, "POST", st.env.EdgeURL+"/v1/orders", user, `{"sku":"E2E-1","qty":1}`)
+				mu.Lock()
+				switch {
+				case code == 202 && v["status"] == "accepted" && v["user_id"] == user:
+					accepted[v["order_id"].(string)] = user
+				case code == 409 && strings.HasSuffix(v["type"].(string), "/sold-out"):
+					soldOut++
+				default:
+					t.Errorf("POST /v1/orders: %d %v", code, v)
+				}
+				mu.Unlock()
+			}
+		}(fmt.Sprint("user-", u))
+	}
+	wg.Wait()
+	if len(accepted) != stock || soldOut != users*perUser-stock {
+		t.Fatalf("%d accepted, %d sold out; want %d and %d", len(accepted), soldOut, stock, users*perUser-stock)
+	}
+
+	// Every 202 is in the ledger exactly once, and nothing else is.
+	counts := ledgerCounts(t, st.env.DatabaseURL, "E2E-1", stock)
+	if len(counts) != stock {
+		t.Fatalf("ledger has %d orders of E2E-1, want %d", len(counts), stock)
+	}
+	for id, n := range counts {
+		if _, ok := accepted[id]; !ok || n != 1 {
+			t.Errorf("order %s: %d rows in the ledger, answered 202: %v", id, n, ok)
+		}
+	}
+
+	// GET shows the ledger's state to the owner and nothing to anyone else.
+	for id, user := range accepted {
+		code, v := doJSON(t, "GET", st.env.EdgeURL+"/v1/orders/"+id, user, "")
+		if code != 200 || v["status"] != "pending_payment" || v["order_id"] != id || v["price_cents"] != float64(1234) {
+			t.Fatalf("GET own order: %d %v", code, v)
+		}
+		if code, _ := doJSON(t, "GET", st.env.EdgeURL+"/v1/orders/"+id, "someone-else", ""); code != 404 {
+			t.Fatalf("GET another user's order: %d, want 404", code)
+		}
+		break
+	}
+
+	// Refusals are problem+json with the contract's types.
+	for _, c := range []struct {
+		user, body string
+		code       int
+		typ        string
+	}{
+		{"u1", `{"sku":"NOPE","qty":1}`, 404, "unknown-sku"},
+		{"", `{"sku":"E2E-1","qty":1}`, 401, "unauthorized"},
+		{"u1", `{"sku":"E2E-1","qty":0}`, 400, "invalid-request"},
+		{"u1", `{"sku":"E2E-1"}`, 400, "invalid-request"},
+	} {
+		code, v := doJSON(t, "POST", st.env.EdgeURL+"/v1/orders", c.user, c.body)
+		if code != c.code || !strings.HasSuffix(fmt.Sprint(v["type"]), "/"+c.typ) {
+			t.Errorf("POST %s as %q: %d %v; want %d %s", c.body, c.user, code, v, c.code, c.typ)
+		}
+	}
+
+	testPipelinedInOrder(t, st)
+
+	st.stop(t)
+	st2 := startDev(t, dir)
+	code, v := doJSON(t, "GET", st2.env.AdminURL+"/admin/v1/skus/E2E-1", "", "")
+	if code != 200 || v["stock"] != float64(stock) || v["remaining"] != float64(0) {
+		t.Fatalf("after restart: %d %v; want stock %d, remaining 0", code, v, stock)
+	}
+	if code, _ := doJSON(t, "POST", st2.env.EdgeURL+"/v1/orders", "late", `{"sku":"E2E-1","qty":1}`); code != 409 {
+		t.Fatalf("order after restart on a sold-out SKU: %d, want 409", code)
+	}
+	if n := len(ledgerCounts(t, st2.env.DatabaseURL, "E2E-1", stock)); n != stock {
+		t.Fatalf("after restart the ledger has %d orders, want %d", n, stock)
+	}
+	ms, _ := ledger.Migrations()
+	conn, err := pgx.Connect(context.Background(), st2.env.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var applied int
+	conn.QueryRow(context.Background(), "SELECT count(*) FROM schema_migrations").Scan(&applied)
+	if applied != len(ms) {
+		t.Fatalf("schema_migrations has %d rows after a restart, want %d", applied, len(ms))
+	}
+}
+
+// Pipelined requests in one write come back in request order, even though
+// the order's 202 waits for Kafka while the others are answered at once.
+func testPipelinedInOrder(t *testing.T, st *devStack) {
+	putSKU(t, st, "PIPE", 10)
+	host := strings.TrimPrefix(st.env.EdgeURL, "http://")
+	c, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body := `{"sku":"PIPE","qty":1}`
+	reqs := fmt.Sprintf("POST /v1/orders HTTP/1.1\r\nHost: x\r\nX-User-ID: p1\r\nContent-Length: %d\r\n\r\n%s", len(body), body) +
+		"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" +
+		fmt.Sprintf("POST /v1/orders HTTP/1.1\r\nHost: x\r\nX-User-ID: p1\r\nContent-Length: %d\r\n\r\n%s", len(body), body) +
+		"POST /v1/orders HTTP/1.1\r\nHost: x\r\nX-User-ID: p1\r\nContent-Length: 2\r\n\r\n{}" +
+		"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+	if _, err := c.Write([]byte(reqs)); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	for i, want := range []int{202, 200, 202, 400, 404} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("pipelined response %d: %v", i, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != want {
+			t.Fatalf("pipelined response %d: %d, want %d", i, resp.StatusCode, want)
+		}
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("connection not closed after Connection: close (%v)", err)
+	}
+}
+
+// Two stacks with their own ports and data dirs run side by side.
+func TestTwoDevStacksSideBySide(t *testing.T) {
+	a := startDev(t, testenv.TempDir(t))
+	b := startDev(t, testenv.TempDir(t))
+	for i, st := range []*devStack{a, b} {
+		putSKU(t, st, "SIDE", 5)
+		code, v := doJSON(t, "POST", st.env.EdgeURL+"/v1/orders", "side", `{"sku":"SIDE","qty":2}`)
+		if code != 202 {
+			t.Fatalf("stack %d: %d %v", i, code, v)
+		}
+		counts := ledgerCounts(t, st.env.DatabaseURL, "SIDE", 1)
+		if len(counts) != 1 || counts[v["order_id"].(string)] != 1 {
+			t.Fatalf("stack %d ledger: %v, want only %v", i, counts, v["order_id"])
+		}
+	}
+	if a.env.DatabaseURL == b.env.DatabaseURL || a.env.KafkaBrokers == b.env.KafkaBrokers {
+		t.Fatalf("stacks share a backend: %+v %+v", a.env, b.env)
+	}
+}

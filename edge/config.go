@@ -61,7 +61,7 @@ func DefaultConfig() Config {
 		MaxBodyBytes:        16384,
 		MaxPipeline:         64,
 		MaxSKUs:             100_000,
-		ProduceLinger:       time.Millisecond,
+		ProduceLinger:       0, // measured: batches fill while a produce is in flight; linger only adds latency (tuning.md)
 		MaxBufferedRecords:  100_000,
 		DeliveryTimeout:     5 * time.Second,
 		MaxReadsInFlight:    256,

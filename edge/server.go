@@ -13,7 +13,6 @@ import (
 	"github.com/VictoriaMetrics/fastcache"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/panjf2000/gnet/v2"
-	"github.com/panjf2000/gnet/v2/pkg/logging"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/flashgate/flashgate/ledger"
@@ -117,7 +116,7 @@ func (s *Server) Start() error {
 			gnet.WithReusePort(true),
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 			gnet.WithTCPKeepAlive(time.Minute),
-			gnet.WithLogLevel(logging.ErrorLevel),
+			gnet.WithLogger(gnetLogger{}),
 		)
 	}()
 	select {
@@ -255,4 +254,24 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 		return gnet.Close
 	}
 	return gnet.None
+}
+
+// gnetLogger routes gnet's logging into slog; gnet's info lines are debug
+// detail for us.
+type gnetLogger struct{}
+
+func (gnetLogger) Debugf(format string, args ...any) {
+	slog.Debug("gnet: " + fmt.Sprintf(format, args...))
+}
+func (gnetLogger) Infof(format string, args ...any) {
+	slog.Debug("gnet: " + fmt.Sprintf(format, args...))
+}
+func (gnetLogger) Warnf(format string, args ...any) {
+	slog.Warn("gnet: " + fmt.Sprintf(format, args...))
+}
+func (gnetLogger) Errorf(format string, args ...any) {
+	slog.Error("gnet: " + fmt.Sprintf(format, args...))
+}
+func (gnetLogger) Fatalf(format string, args ...any) {
+	panic("gnet fatal: " + fmt.Sprintf(format, args...))
 }

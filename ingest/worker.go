@@ -107,7 +107,6 @@ func newWorker(s *Service, id int) (*worker, error) {
 		// offsets are committed: no partition is handed over mid-batch.
 		kgo.BlockRebalanceOnPoll(),
 		kgo.FetchMaxWait(s.cfg.FetchMaxWait),
-		kgo.RequireStableFetchOffsets(),
 		// Poison records go to the DLQ with acks=all before their offset is committed.
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 	)

@@ -1,0 +1,56 @@
+# flashgate — see README.md. Every target works on a fresh Debian/Ubuntu
+# machine with Go and the PostgreSQL server package.
+
+GO        ?= go
+BIN       := bin/flashgate
+PKGS      := ./...
+STATICCHECK_VERSION := v0.8.2
+# Fuzz each target this long in `make fuzz` (CI uses a short time).
+FUZZTIME  ?= 30s
+
+.PHONY: all build run test check fmt vet staticcheck bench fuzz clean deps
+
+all: build
+
+build:
+	$(GO) build -trimpath -o $(BIN) .
+
+# The whole stack on this machine with a demo sale; Ctrl-C stops it.
+run: build
+	./$(BIN) dev -demo $(ARGS)
+
+# Every test, unit and integration, with the race detector. Integration tests
+# start their own PostgreSQL cluster and embedded Kafka broker on loopback.
+test: deps
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+# Checks that the machine has what the tests need; says how to get it if not.
+deps:
+	@bash tools/require-postgres.sh
+
+check: fmt vet staticcheck test
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+staticcheck:
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) $(PKGS)
+
+# Benchmarks with allocation counts; see bench/README.md for what each measures.
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 $(PKGS) | tee bench/out.txt
+	$(GO) run ./tools/benchtable bench/out.txt
+
+# Runs every fuzz target for FUZZTIME each.
+fuzz:
+	@for pkg in $$($(GO) list $(PKGS)); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+clean:
+	rm -rf bin var bench/out.txt

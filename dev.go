@@ -213,13 +213,15 @@ func startEdge(ctx context.Context, cfg edge.Config, pool *pgxpool.Pool, adm *kg
 	if err != nil {
 		return nil, err
 	}
-	if err := ingest.WaitCaughtUp(ctx, adm, group, 2*time.Minute); err != nil {
-		return nil, err
+	err = ingest.WaitCaughtUp(ctx, adm, group, 2*time.Minute)
+	if err == nil {
+		err = srv.LoadSaleItems(ctx)
 	}
-	if err := srv.LoadSaleItems(ctx); err != nil {
-		return nil, err
+	if err == nil {
+		err = srv.Start()
 	}
-	if err := srv.Start(); err != nil {
+	if err != nil {
+		srv.Close()
 		return nil, err
 	}
 	a, err := edge.StartAdmin(adminAddr, srv)

@@ -151,6 +151,9 @@ func (s *Server) Stop(ctx context.Context) error {
 	return err
 }
 
+// Close releases an edge that was never started.
+func (s *Server) Close() { s.prod.Close() }
+
 // Ready reports whether the edge takes orders.
 func (s *Server) Ready() bool {
 	select {

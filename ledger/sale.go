@@ -18,19 +18,25 @@ type SaleItem struct {
 	PerUserLimit  int32 // units one user may buy; 0 = no limit
 	StartsAt      time.Time
 	EndsAt        time.Time // zero = open-ended
-	SaleStartedAt time.Time // orders from this time on count against Stock
+	SaleStartedAt time.Time // orders from this time on count against Stock (kept when replaced)
 }
 
 // PutSaleItem creates or replaces a sale item. Replacing keeps the sale's
-// generation (SaleStartedAt), so units already sold still count.
+// generation (SaleStartedAt), so units already sold still count. A new item's
+// generation starts at it.SaleStartedAt, or now by the caller's clock: the
+// clock that stamps order ids, so no order admitted after the PUT is dated
+// before it.
 func PutSaleItem(ctx context.Context, pool *pgxpool.Pool, it SaleItem) (SaleItem, error) {
-	err := pool.QueryRow(ctx, `INSERT INTO sale_items (sku, stock, price_cents, per_user_limit, starts_at, ends_at)
-		VALUES ($1, $2, $3, $4, $5, $6)
+	if it.SaleStartedAt.IsZero() {
+		it.SaleStartedAt = time.Now()
+	}
+	err := pool.QueryRow(ctx, `INSERT INTO sale_items (sku, stock, price_cents, per_user_limit, starts_at, ends_at, sale_started_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)
 		ON CONFLICT (sku) DO UPDATE SET stock = EXCLUDED.stock, price_cents = EXCLUDED.price_cents,
 			per_user_limit = EXCLUDED.per_user_limit, starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at,
 			updated_at = now()
 		RETURNING sale_started_at`,
-		it.SKU, it.Stock, it.PriceCents, it.PerUserLimit, nullTime(it.StartsAt), nullTime(it.EndsAt)).Scan(&it.SaleStartedAt)
+		it.SKU, it.Stock, it.PriceCents, it.PerUserLimit, nullTime(it.StartsAt), nullTime(it.EndsAt), it.SaleStartedAt).Scan(&it.SaleStartedAt)
 	if err != nil {
 		return it, fmt.Errorf("saving sale item %s: %w", it.SKU, err)
 	}

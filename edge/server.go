@@ -47,6 +47,8 @@ type Server struct {
 	queued   atomic.Int64 // responses queued on connections, not yet written
 	produces atomic.Int64 // records handed to Kafka, not yet acked or failed
 	draining atomic.Bool
+	stopOnce sync.Once
+	stopErr  error
 }
 
 // New builds an edge writing orders to cfg.Brokers and reading the ledger
@@ -130,7 +132,13 @@ func (s *Server) Start() error {
 // Stop drains the edge: new connections and requests are refused (503), every
 // order already handed to Kafka is waited for and answered, then the event
 // loops stop and the producer is flushed and closed.
+// Calling it again returns the first call's result.
 func (s *Server) Stop(ctx context.Context) error {
+	s.stopOnce.Do(func() { s.stopErr = s.stop(ctx) })
+	return s.stopErr
+}
+
+func (s *Server) stop(ctx context.Context) error {
 	s.draining.Store(true)
 	var err error
 	for s.produces.Load() > 0 || s.queued.Load() > 0 {

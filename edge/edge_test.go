@@ -1,0 +1,228 @@
+package edge
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/broker"
+	"github.com/flashgate/flashgate/lib/testenv"
+)
+
+// startTestEdge serves an edge (no ledger) against the broker with one SKU.
+func startTestEdge(t *testing.T, kf *broker.Embedded, sku string, stock int64) *Server {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Addr = freeAddr(t)
+	cfg.Brokers = []string{kf.Addr()}
+	cfg.DeliveryTimeout = 3 * time.Second
+	s, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.items.put(ledger.SaleItem{SKU: sku, Stock: stock, PriceCents: 100}, -1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s.Stop(ctx)
+	})
+	return s
+}
+
+func postOrder(t *testing.T, addr, user, sku string) (int, http.Header, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/orders", strings.NewReader(fmt.Sprintf(`{"sku":%q,"qty":1}`, sku)))
+	req.Header.Set("X-User-ID", user)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+// failProduce makes the broker refuse produce requests with a non-retriable
+// error while on is set.
+func failProduce(c *kfake.Cluster, on *atomic.Bool) {
+	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if !on.Load() {
+			return nil, nil, false
+		}
+		preq := req.(*kmsg.ProduceRequest)
+		resp := preq.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range preq.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition, sp.ErrorCode = rp.Partition, kerr.InvalidRecord.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+}
+
+// A produce the broker definitely refused answers 503 + Retry-After and gives
+// the stock back; nothing is in Kafka for it.
+func TestProduceFailureGivesStockBack(t *testing.T) {
+	kf := testenv.Broker(t, 3)
+	var failing atomic.Bool
+	failing.Store(true)
+	failProduce(kf.Cluster(), &failing)
+	s := startTestEdge(t, kf, "FAIL-1", 3)
+
+	for i := 0; i < 5; i++ {
+		code, h, body := postOrder(t, s.cfg.Addr, "u1", "FAIL-1")
+		if code != 503 || h.Get("Retry-After") == "" || !strings.Contains(body, "/unavailable") {
+			t.Fatalf("order with the broker refusing: %d %v %s", code, h, body)
+		}
+	}
+	if st, _ := s.SKU("FAIL-1"); st.Remaining != 3 || st.TakenUnits != 0 || st.Accepted != 0 {
+		t.Fatalf("after refused produces: %+v; want all 3 units back", st)
+	}
+	failing.Store(false)
+	for i := 0; i < 3; i++ {
+		if code, _, body := postOrder(t, s.cfg.Addr, "u1", "FAIL-1"); code != 202 {
+			t.Fatalf("order %d after recovery: %d %s", i, code, body)
+		}
+	}
+	if code, _, _ := postOrder(t, s.cfg.Addr, "u1", "FAIL-1"); code != 409 {
+		t.Fatalf("fourth order on 3 units: %d, want 409", code)
+	}
+	if n := countRecords(t, kf); n != 3 {
+		t.Fatalf("order.created holds %d records, want the 3 accepted", n)
+	}
+}
+
+func countRecords(t *testing.T, kf *broker.Embedded) int {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(kf.Addr()), kgo.ConsumeTopics(broker.TopicOrderCreated), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	n := 0
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		fs := cl.PollFetches(ctx)
+		cancel()
+		if fs.NumRecords() == 0 {
+			return n
+		}
+		n += fs.NumRecords()
+	}
+}
+
+// Stop with orders waiting for slow acks answers every one of them with its
+// 202 before the connections close, and refuses new ones.
+func TestStopAnswersOrdersInFlight(t *testing.T) {
+	kf := testenv.Broker(t, 3)
+	c := kf.Cluster()
+	release := make(chan struct{})
+	var slept atomic.Int32
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		slept.Add(1)
+		c.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	s := startTestEdge(t, kf, "SLOW-1", 100)
+
+	const clients = 8
+	var wg sync.WaitGroup
+	codes := make(chan int, clients)
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			code, _, _ := postOrder(t, s.cfg.Addr, fmt.Sprint("slow", i), "SLOW-1")
+			codes <- code
+		}(i)
+	}
+	for s.produces.Load() < clients {
+		time.Sleep(time.Millisecond)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- s.Stop(context.Background()) }()
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case err := <-stopped:
+		t.Fatalf("Stop returned (%v) with %d produces in flight", err, s.produces.Load())
+	default:
+	}
+	close(release)
+	wg.Wait()
+	close(codes)
+	for code := range codes {
+		if code != 202 {
+			t.Fatalf("an order in flight at Stop got %d, want 202", code)
+		}
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	if slept.Load() == 0 {
+		t.Fatal("the broker never delayed a produce: the test proved nothing")
+	}
+}
+
+// Bytes that break the protocol get 4xx and a closed connection; the
+// connection never serves the bytes after them.
+func TestMalformedRequestsCloseTheConnection(t *testing.T) {
+	kf := testenv.Broker(t, 1)
+	s := startTestEdge(t, kf, "M-1", 10)
+	cases := map[string]int{
+		"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n": 400,
+		"POST /v1/orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n":  501,
+		"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n":                                    400,
+		"GET /" + strings.Repeat("a", 3000) + " HTTP/1.1\r\n\r\n":                             414,
+		"GET / HTTP/1.1\r\nHost: x\r\nX: " + strings.Repeat("a", 9000) + "\r\n\r\n":          431,
+		"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 99999\r\n\r\n":                413,
+		"GET / HTTP/3.0\r\nHost: x\r\n\r\n":                                                   505,
+	}
+	for in, want := range cases {
+		conn, err := net.Dial("tcp", s.cfg.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A valid request smuggled after the bad one must never be answered.
+		conn.Write([]byte(in + "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%.40q: %v", in, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != want || !resp.Close {
+			t.Errorf("%.40q: %d (close %v), want %d and close", in, resp.StatusCode, resp.Close, want)
+		}
+		if _, err := br.ReadByte(); err != io.EOF {
+			t.Errorf("%.40q: more bytes after the refusal (%v)", in, err)
+		}
+		conn.Close()
+	}
+}

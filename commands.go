@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/flashgate/flashgate/ingest"
 	"github.com/flashgate/flashgate/ledger"
 	"github.com/flashgate/flashgate/lib/broker"
@@ -76,24 +78,28 @@ func runIngest(ctx context.Context) error {
 }
 
 func runMigrate(ctx context.Context) error {
-	_, url, err := requireBackends(false)
-	if err != nil {
+	return withLedger(ctx, func(pool *pgxpool.Pool) error {
+		n, err := ledger.Migrate(ctx, pool)
+		if err == nil {
+			fmt.Printf("migrations applied: %d\n", n)
+		}
 		return err
-	}
-	pool, err := ledger.Open(ctx, url, 2)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	n, err := ledger.Migrate(ctx, pool)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("migrations applied: %d\n", n)
-	return nil
+	})
 }
 
 func runPartitions(ctx context.Context) error {
+	ahead := ingest.FlagConfig().PartitionsAheadDays
+	return withLedger(ctx, func(pool *pgxpool.Pool) error {
+		n, err := ledger.EnsurePartitionsAround(ctx, pool, time.Now(), ahead)
+		if err == nil {
+			fmt.Printf("partitions made: %d (covering yesterday to %d days ahead)\n", n, ahead)
+		}
+		return err
+	})
+}
+
+// withLedger runs fn with a small pool on --database-url.
+func withLedger(ctx context.Context, fn func(*pgxpool.Pool) error) error {
 	_, url, err := requireBackends(false)
 	if err != nil {
 		return err
@@ -103,11 +109,5 @@ func runPartitions(ctx context.Context) error {
 		return err
 	}
 	defer pool.Close()
-	ahead := ingest.FlagConfig().PartitionsAheadDays
-	n, err := ledger.EnsurePartitionsAround(ctx, pool, time.Now(), ahead)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("partitions made: %d (covering yesterday to %d days ahead)\n", n, ahead)
-	return nil
+	return fn(pool)
 }

@@ -33,6 +33,16 @@ type Config struct {
 	// MaxPipeline caps the requests in flight per connection; past it the
 	// connection is not read until responses leave.
 	MaxPipeline int
+	// MaxConns caps open connections; past it new ones get 503 and are closed.
+	MaxConns int
+	// MaxOutputBytes caps the responses a connection that does not read may
+	// hold; past it the connection is closed.
+	MaxOutputBytes int
+	// HeaderReadTimeout bounds the time from a request's first byte to its
+	// last (slowloris): 408 and close.
+	HeaderReadTimeout time.Duration
+	// IdleTimeout closes keep-alive connections without traffic.
+	IdleTimeout time.Duration
 
 	// MaxSKUs sizes the sale table.
 	MaxSKUs int
@@ -60,6 +70,10 @@ func DefaultConfig() Config {
 		MaxHeaders:          64,
 		MaxBodyBytes:        16384,
 		MaxPipeline:         64,
+		MaxConns:            50_000, // below the usual RLIMIT_NOFILE of a service unit
+		MaxOutputBytes:      1 << 20,
+		HeaderReadTimeout:   10 * time.Second,
+		IdleTimeout:         60 * time.Second,
 		MaxSKUs:             100_000,
 		ProduceLinger:       0, // measured: batches fill while a produce is in flight; linger only adds latency (tuning.md)
 		MaxBufferedRecords:  100_000,
@@ -79,6 +93,10 @@ func init() {
 	flag.IntVar(&flagConfig.MaxHeaders, "edge.maxHeaders", flagConfig.MaxHeaders, "most header fields per request; more gets 431")
 	flag.IntVar(&flagConfig.MaxBodyBytes, "edge.maxBodyBytes", flagConfig.MaxBodyBytes, "largest request body in bytes; larger gets 413")
 	flag.IntVar(&flagConfig.MaxPipeline, "edge.maxPipeline", flagConfig.MaxPipeline, "requests in flight per connection; past it the connection is not read until responses leave")
+	flag.IntVar(&flagConfig.MaxConns, "edge.maxConns", flagConfig.MaxConns, "open connections; past it new connections get 503 and are closed (mind RLIMIT_NOFILE)")
+	flag.IntVar(&flagConfig.MaxOutputBytes, "edge.maxOutputBytes", flagConfig.MaxOutputBytes, "response bytes a connection that does not read may hold before it is closed")
+	flag.DurationVar(&flagConfig.HeaderReadTimeout, "edge.headerReadTimeout", flagConfig.HeaderReadTimeout, "time from a request's first byte to its last; slower gets 408 and close")
+	flag.DurationVar(&flagConfig.IdleTimeout, "edge.idleTimeout", flagConfig.IdleTimeout, "keep-alive connections without traffic this long are closed")
 	flag.IntVar(&flagConfig.MaxSKUs, "edge.maxSKUs", flagConfig.MaxSKUs, "capacity of the sale table")
 	flag.DurationVar(&flagConfig.ProduceLinger, "edge.produceLinger", flagConfig.ProduceLinger, "how long the Kafka producer waits to fill a batch; adds to every 202's latency")
 	flag.IntVar(&flagConfig.MaxBufferedRecords, "edge.maxBufferedRecords", flagConfig.MaxBufferedRecords, "orders waiting for a Kafka ack; past it new orders get 503 at once")
@@ -135,6 +153,10 @@ func (c *Config) validate() error {
 		return fmt.Errorf("edge: protocol limits too small to serve the API (need request line >= 64, header bytes >= 256, headers >= 4, body >= 64)")
 	case c.MaxPipeline < 1 || c.MaxPipeline > 4096:
 		return fmt.Errorf("edge: -edge.maxPipeline must be in [1, 4096]")
+	case c.MaxConns < 1 || c.MaxOutputBytes < 4096:
+		return fmt.Errorf("edge: -edge.maxConns must be positive and -edge.maxOutputBytes at least 4096")
+	case c.HeaderReadTimeout < tickInterval || c.IdleTimeout < tickInterval:
+		return fmt.Errorf("edge: -edge.headerReadTimeout and -edge.idleTimeout must be at least %v", tickInterval)
 	case c.MaxSKUs < 1 || c.MaxBufferedRecords < 1 || c.MaxReadsInFlight < 1:
 		return fmt.Errorf("edge: -edge.maxSKUs, -edge.maxBufferedRecords and -edge.maxReadsInFlight must be positive")
 	}

@@ -46,8 +46,12 @@ type slot struct {
 type connState struct {
 	srv   *Server
 	c     gnet.Conn
-	shard int
+	shard *shard
 	peer  netip.Addr
+
+	deadline     int64 // tick at which it expires unless touched again
+	wheelAt      int64 // tick it is filed under in the timer wheel
+	partialSince int64 // tick of the first byte of an incomplete request; 0 = none
 
 	slots []slot // ring of MaxPipeline slots
 	head  int
@@ -61,7 +65,7 @@ type connState struct {
 	scratch  []byte
 }
 
-func newConnState(srv *Server, c gnet.Conn, shard int, peer netip.Addr) *connState {
+func newConnState(srv *Server, c gnet.Conn, shard *shard, peer netip.Addr) *connState {
 	cs := &connState{srv: srv, c: c, shard: shard, peer: peer, slots: make([]slot, srv.cfg.MaxPipeline)}
 	for i := range cs.slots {
 		s := &cs.slots[i]

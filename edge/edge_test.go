@@ -24,12 +24,15 @@ import (
 )
 
 // startTestEdge serves an edge (no ledger) against the broker with one SKU.
-func startTestEdge(t *testing.T, kf *broker.Embedded, sku string, stock int64) *Server {
+func startTestEdge(t *testing.T, kf *broker.Embedded, sku string, stock int64, tweaks ...func(*Config)) *Server {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Addr = freeAddr(t)
 	cfg.Brokers = []string{kf.Addr()}
 	cfg.DeliveryTimeout = 3 * time.Second
+	for _, f := range tweaks {
+		f(&cfg)
+	}
 	s, err := New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -196,12 +199,12 @@ func TestMalformedRequestsCloseTheConnection(t *testing.T) {
 	s := startTestEdge(t, kf, "M-1", 10)
 	cases := map[string]int{
 		"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n": 400,
-		"POST /v1/orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n":  501,
-		"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n":                                    400,
-		"GET /" + strings.Repeat("a", 3000) + " HTTP/1.1\r\n\r\n":                             414,
-		"GET / HTTP/1.1\r\nHost: x\r\nX: " + strings.Repeat("a", 9000) + "\r\n\r\n":          431,
-		"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 99999\r\n\r\n":                413,
-		"GET / HTTP/3.0\r\nHost: x\r\n\r\n":                                                   505,
+		"POST /v1/orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n":   501,
+		"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n":                                      400,
+		"GET /" + strings.Repeat("a", 3000) + " HTTP/1.1\r\n\r\n":                              414,
+		"GET / HTTP/1.1\r\nHost: x\r\nX: " + strings.Repeat("a", 9000) + "\r\n\r\n":            431,
+		"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 99999\r\n\r\n":                 413,
+		"GET / HTTP/3.0\r\nHost: x\r\n\r\n":                                                    505,
 	}
 	for in, want := range cases {
 		conn, err := net.Dial("tcp", s.cfg.Addr)
@@ -224,5 +227,163 @@ func TestMalformedRequestsCloseTheConnection(t *testing.T) {
 			t.Errorf("%.40q: more bytes after the refusal (%v)", in, err)
 		}
 		conn.Close()
+	}
+}
+
+// readAll reads what the server sends until it closes the connection.
+func readUntilClose(t *testing.T, c net.Conn, within time.Duration) (string, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	c.SetReadDeadline(start.Add(within))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("connection not closed within %v: %v (read %q)", within, err, b)
+	}
+	return string(b), time.Since(start)
+}
+
+// Slowloris: a request trickling in a byte at a time gets 408 once the
+// header-read timeout has passed since its first byte; an idle keep-alive
+// connection is closed after the idle timeout; a healthy one keeps serving.
+func TestTimeouts(t *testing.T) {
+	kf := testenv.Broker(t, 1)
+	s := startTestEdge(t, kf, "T-1", 10, func(c *Config) {
+		c.HeaderReadTimeout = time.Second
+		c.IdleTimeout = 2 * time.Second
+	})
+
+	slow, err := net.Dial("tcp", s.cfg.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	stopTrickle := make(chan struct{})
+	go func() {
+		req := "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + strings.Repeat("a", 100)
+		for i := 0; i < len(req); i++ {
+			select {
+			case <-stopTrickle:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if _, err := slow.Write([]byte{req[i]}); err != nil {
+				return
+			}
+		}
+	}()
+	got, took := readUntilClose(t, slow, 5*time.Second)
+	close(stopTrickle)
+	if !strings.HasPrefix(got, "HTTP/1.1 408 ") || took < 900*time.Millisecond {
+		t.Fatalf("slow request: %q after %v; want 408 after about 1s", got, took)
+	}
+
+	idle, err := net.Dial("tcp", s.cfg.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	idle.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+	got, took = readUntilClose(t, idle, 6*time.Second)
+	if !strings.HasPrefix(got, "HTTP/1.1 200 ") || strings.Count(got, "HTTP/1.1") != 1 || took < 1900*time.Millisecond {
+		t.Fatalf("idle connection: %q closed after %v; want one 200, then a close after about 2s", got, took)
+	}
+
+	// Requests every 500ms keep a connection alive past both timeouts.
+	busy, err := net.Dial("tcp", s.cfg.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	br := bufio.NewReader(busy)
+	for i := 0; i < 8; i++ {
+		busy.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+		busy.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("busy connection, request %d: %v %v", i, resp, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// Past -edge.maxConns a new connection gets 503 and is closed; once one
+// closes, a new one is served again.
+func TestMaxConns(t *testing.T) {
+	kf := testenv.Broker(t, 1)
+	s := startTestEdge(t, kf, "C-1", 10, func(c *Config) { c.MaxConns = 3 })
+	var open []net.Conn
+	for i := 0; i < 3; i++ {
+		c, err := net.Dial("tcp", s.cfg.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("connection %d: %v %v", i, resp, err)
+		}
+		open = append(open, c)
+	}
+	extra, err := net.Dial("tcp", s.cfg.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	if got, _ := readUntilClose(t, extra, 5*time.Second); !strings.HasPrefix(got, "HTTP/1.1 503 ") || !strings.Contains(got, "Retry-After: 1") {
+		t.Fatalf("connection past the cap: %q, want 503 with Retry-After", got)
+	}
+	open[0].Close()
+	for deadline := time.Now().Add(5 * time.Second); s.conns.Load() > 2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still counted after one closed", s.conns.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	again, err := net.Dial("tcp", s.cfg.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	again.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+	if resp, err := http.ReadResponse(bufio.NewReader(again), nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("after a slot freed: %v %v", resp, err)
+	}
+}
+
+// A client that pipelines without reading while its orders wait on a stalled
+// broker cannot make the edge buffer without bound: it is closed.
+func TestPipelineFloodIsBounded(t *testing.T) {
+	kf := testenv.Broker(t, 1)
+	c := kf.Cluster()
+	release := make(chan struct{})
+	defer close(release)
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		c.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	s := startTestEdge(t, kf, "F-1", 1<<40, func(c *Config) { c.MaxPipeline = 4 })
+	conn, err := net.Dial("tcp", s.cfg.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"sku":"F-1","qty":1}`
+	req := []byte(fmt.Sprintf("POST /v1/orders HTTP/1.1\r\nHost: x\r\nX-User-ID: f\r\nContent-Length: %d\r\n\r\n%s", len(body), body))
+	conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	var werr error
+	for i := 0; i < 100000 && werr == nil; i++ {
+		_, werr = conn.Write(req)
+	}
+	if werr == nil {
+		t.Fatal("the edge took 100000 pipelined requests from a client that reads nothing")
+	}
+	if ne, ok := werr.(net.Error); ok && ne.Timeout() {
+		t.Fatal("writes blocked instead of the edge closing the connection")
+	}
+	if n := s.produces.Load(); n > 4 {
+		t.Fatalf("%d orders in flight on one connection, cap 4", n)
 	}
 }

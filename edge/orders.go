@@ -154,7 +154,7 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 		return
 	}
 
-	id := s.gens[cs.shard].Next()
+	id := s.gens[cs.shard.idx].Next()
 	sl := cs.push()
 	sl.state.Store(slotPending)
 	sl.orderID, sl.item, sl.qty, sl.close = id, it, qty, closeAfter

@@ -20,10 +20,6 @@ import (
 	"github.com/flashgate/flashgate/lib/orderid"
 )
 
-// maxOutboundBytes bounds what a connection that does not read its responses
-// may hold in the output buffer before it is closed.
-const maxOutboundBytes = 4 << 20
-
 // Server is the edge: HTTP on gnet event loops, admission, Kafka hand-off.
 type Server struct {
 	gnet.BuiltinEventEngine
@@ -36,8 +32,13 @@ type Server struct {
 	recent *fastcache.Cache
 	gens   []*orderid.Generator // one per shard
 
-	loopsMu sync.Mutex
-	loops   atomic.Pointer[[]gnet.EventLoop] // shard index = position
+	shardsMu sync.Mutex
+	shards   atomic.Pointer[[]*shard] // index = shard number
+
+	readTicks, idleTicks int64 // timeouts in wheel ticks
+	maxInbound           int   // request bytes a connection may buffer
+	connRefusal          []byte
+	stopTicker           context.CancelFunc
 
 	eng      gnet.Engine
 	booted   chan struct{}
@@ -70,8 +71,13 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 	for i := 0; i < cfg.loops(); i++ {
 		s.gens = append(s.gens, orderid.MustNew(cfg.NodeID, i))
 	}
-	empty := []gnet.EventLoop{}
-	s.loops.Store(&empty)
+	empty := []*shard{}
+	s.shards.Store(&empty)
+	s.readTicks, s.idleTicks = ticksOf(cfg.HeaderReadTimeout), ticksOf(cfg.IdleTimeout)
+	// One whole request, plus what the pipeline holds unparsed.
+	s.maxInbound = 2 * (cfg.MaxRequestLineBytes + cfg.MaxHeaderBytes + cfg.MaxBodyBytes)
+	s.connRefusal = appendResponse(nil, 503, &respHeader{contentType: "application/problem+json", retryAfter: 1, close: true},
+		appendProblem(nil, 503, probUnavailable, "too many connections; see -edge.maxConns"))
 	prod, err := kgo.NewClient(
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.DefaultProduceTopic(broker.TopicOrderCreated),
@@ -123,6 +129,9 @@ func (s *Server) Start() error {
 	}()
 	select {
 	case <-s.booted:
+		ctx, cancel := context.WithCancel(context.Background())
+		s.stopTicker = cancel
+		go s.runTicker(ctx)
 		return nil
 	case err := <-s.runErr:
 		return fmt.Errorf("edge cannot serve on %s: %w; possible fix: --edge-addr with a free port", s.cfg.Addr, err)
@@ -148,6 +157,7 @@ func (s *Server) stop(ctx context.Context) error {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+	s.stopTicker()
 	if e := s.eng.Stop(ctx); e != nil && err == nil {
 		err = e
 	}
@@ -179,28 +189,29 @@ func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 	return gnet.None
 }
 
-// shardOf returns the shard index of an event loop, registering it the first
-// time (once per loop, not per request).
-func (s *Server) shardOf(el gnet.EventLoop) int {
-	for i, l := range *s.loops.Load() {
-		if l == el {
-			return i
+// shardOf returns the shard of an event loop, registering it the first time
+// (once per loop, not per request).
+func (s *Server) shardOf(el gnet.EventLoop) *shard {
+	for _, sh := range *s.shards.Load() {
+		if sh.loop == el {
+			return sh
 		}
 	}
-	s.loopsMu.Lock()
-	defer s.loopsMu.Unlock()
-	cur := *s.loops.Load()
-	for i, l := range cur {
-		if l == el {
-			return i
+	s.shardsMu.Lock()
+	defer s.shardsMu.Unlock()
+	cur := *s.shards.Load()
+	for _, sh := range cur {
+		if sh.loop == el {
+			return sh
 		}
 	}
 	if len(cur) >= len(s.gens) {
 		panic("BUG: more event loops than configured")
 	}
-	next := append(append([]gnet.EventLoop{}, cur...), el)
-	s.loops.Store(&next)
-	return len(next) - 1
+	sh := &shard{srv: s, idx: len(cur), loop: el}
+	next := append(append([]*shard{}, cur...), sh)
+	s.shards.Store(&next)
+	return sh
 }
 
 // OnOpen implements gnet.EventHandler.
@@ -208,20 +219,31 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if s.draining.Load() {
 		return nil, gnet.Close
 	}
+	if s.conns.Load() >= int64(s.cfg.MaxConns) {
+		connsRejectedTotal.Inc()
+		responsesTotal[503].Inc()
+		return s.connRefusal, gnet.Close
+	}
 	connsOpenedTotal.Inc()
+	connsOpen.Inc()
 	s.conns.Add(1)
 	var peer netip.Addr
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		peer = a.AddrPort().Addr().Unmap()
 	}
-	c.SetContext(newConnState(s, c, s.shardOf(c.EventLoop()), peer))
+	sh := s.shardOf(c.EventLoop())
+	cs := newConnState(s, c, sh, peer)
+	c.SetContext(cs)
+	cs.deadline = nowTick() + s.idleTicks
+	sh.wheel.add(cs)
 	return nil, gnet.None
 }
 
 // OnClose implements gnet.EventHandler.
 func (s *Server) OnClose(c gnet.Conn, _ error) gnet.Action {
-	s.conns.Add(-1)
-	if cs, ok := c.Context().(*connState); ok {
+	if cs, ok := c.Context().(*connState); ok { // refused connections have none
+		s.conns.Add(-1)
+		connsOpen.Dec()
 		cs.closed.Store(true)
 		s.queued.Add(-int64(cs.n)) // their completions find the connection closed
 		cs.n = 0
@@ -252,11 +274,19 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 			consumed += n
 		}
 		_, _ = c.Discard(consumed)
+		left := len(buf) - consumed
+		s.touch(cs, left > 0)
+		if left > s.maxInbound {
+			// Only a full pipeline leaves more than a request unparsed: a
+			// client that keeps sending without reading.
+			inboundClosesTotal.Inc()
+			return gnet.Close
+		}
 	}
 	if len(cs.out) > 0 {
 		_, _ = c.Write(cs.out)
 		cs.out = cs.out[:0]
-		if c.OutboundBuffered() > maxOutboundBytes {
+		if c.OutboundBuffered() > s.cfg.MaxOutputBytes {
 			slowReaderCloseTotal.Inc()
 			return gnet.Close
 		}

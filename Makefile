@@ -8,7 +8,7 @@ STATICCHECK_VERSION := v0.8.2
 # Fuzz each target this long in `make fuzz` (CI uses a short time).
 FUZZTIME  ?= 30s
 
-.PHONY: all build run test check fmt vet staticcheck bench fuzz clean deps
+.PHONY: all build run test check fmt vet staticcheck bench bench-http fuzz clean deps
 
 all: build
 
@@ -39,10 +39,15 @@ vet:
 staticcheck:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) $(PKGS)
 
-# Benchmarks with allocation counts; see bench/README.md for what each measures.
+# Benchmarks against their peers, printed as ratios; see bench/README.md.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 $(PKGS) | tee bench/out.txt
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 $(PKGS) > bench/out.txt
 	$(GO) run ./tools/benchtable bench/out.txt
+	bash bench/http.sh
+
+# The edge's HTTP core against nginx only (wrk; installs nginx-light and wrk if missing).
+bench-http: build
+	bash bench/http.sh
 
 # Runs every fuzz target for FUZZTIME each.
 fuzz:

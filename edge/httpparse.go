@@ -38,6 +38,26 @@ type parseLimits struct {
 // len(buf) and does not allocate.
 func parseRequest(buf []byte, r *request, lim *parseLimits) (n int, status int) {
 	*r = request{}
+	// RFC 9112 §2.2: ignore empty lines before a request line (clients send a
+	// stray CRLF after a body). A few are skipped, more are refused.
+	skipped := 0
+	for len(buf) >= 2 && buf[0] == '\r' && buf[1] == '\n' {
+		if skipped == 2*maxLeadingEmptyLines {
+			return 0, 400
+		}
+		buf = buf[2:]
+		skipped += 2
+	}
+	if n, status = parseOne(buf, r, lim); n > 0 {
+		n += skipped
+	}
+	return n, status
+}
+
+// maxLeadingEmptyLines bounds the empty lines skipped before a request line.
+const maxLeadingEmptyLines = 4
+
+func parseOne(buf []byte, r *request, lim *parseLimits) (n int, status int) {
 	// Request line.
 	// Every decision on an incomplete request looks only at bytes that any
 	// chunking of the same input also sees (the window), so the outcome does

@@ -171,12 +171,12 @@ func startNetHTTPPeer(b *testing.B, addr, brokerAddr string) func() {
 			Qty int64  `json:"qty"`
 		}
 		if err := json.NewDecoder(r.Body).Decode(&body); err != nil || body.Qty < 1 {
-			http.Error(w, "bad body", 400)
+			http.Error(w, "bad body", http.StatusBadRequest)
 			return
 		}
 		if stock.Add(-body.Qty) < 0 {
 			stock.Add(body.Qty)
-			http.Error(w, "sold out", 409)
+			http.Error(w, "sold out", http.StatusConflict)
 			return
 		}
 		id := strconv.FormatInt(seq.Add(1), 10)
@@ -184,7 +184,7 @@ func startNetHTTPPeer(b *testing.B, addr, brokerAddr string) func() {
 		val, _ := json.Marshal(map[string]any{"order_id": id, "user_id": user, "sku": body.SKU, "qty": body.Qty})
 		if err := prod.ProduceSync(r.Context(), &kgo.Record{Key: []byte(user), Value: val}).FirstErr(); err != nil {
 			stock.Add(body.Qty)
-			http.Error(w, "unavailable", 503)
+			http.Error(w, "unavailable", http.StatusServiceUnavailable)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")

@@ -186,7 +186,7 @@ func (s *Server) SKU(sku string) (SKUState, bool) {
 func skuState(it *saleItem) SKUState {
 	st := SKUState{
 		SKU: it.sku, Stock: it.stock.Load(), Remaining: it.remaining(), Accepted: it.accepted.Load(),
-		TakenUnits: it.taken.Load(), PriceCents: it.priceCents.Load(), PerUserLimit: it.perUserLimit.Load(),
+		TakenUnits: it.takenUnits(), PriceCents: it.priceCents.Load(), PerUserLimit: it.perUserLimit.Load(),
 		Active: it.active(time.Now().UnixNano()),
 	}
 	if ns := it.startsAtNs.Load(); ns != 0 {

@@ -148,7 +148,7 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 		cs.problem(503, probUnavailable, "the edge is shutting down", respHeader{close: true, retryAfter: 1})
 		return
 	}
-	if !it.take(qty) {
+	if !it.take(cs.shard.idx, qty) {
 		ordersSoldOutTotal.Inc()
 		cs.problem(409, probSoldOut, "no stock left for this sku", respHeader{close: closeAfter})
 		return
@@ -208,7 +208,7 @@ func (sl *slot) onProduced(_ *kgo.Record, err error) {
 	}
 	if definiteFailure(err) {
 		// The record was never written: give the stock back.
-		sl.item.giveBack(sl.qty)
+		sl.item.giveBack(sl.cs.shard.idx, sl.qty)
 		produceFailedTotal.Inc()
 	} else {
 		// It may still land: keep the stock taken; reconciliation against the

@@ -62,7 +62,7 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 		cfg:     cfg,
 		lim:     parseLimits{requestLine: cfg.MaxRequestLineBytes, headerBytes: cfg.MaxHeaderBytes, headers: cfg.MaxHeaders, body: cfg.MaxBodyBytes},
 		pool:    pool,
-		items:   newSaleTable(cfg.MaxSKUs),
+		items:   newSaleTable(cfg.MaxSKUs, cfg.loops()),
 		recent:  fastcache.New(cfg.RecentOrdersBytes),
 		booted:  make(chan struct{}),
 		runErr:  make(chan error, 1),

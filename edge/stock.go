@@ -2,6 +2,7 @@ package edge
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -9,17 +10,37 @@ import (
 	"github.com/flashgate/flashgate/ledger"
 )
 
-// saleItem is one SKU on sale, shared by every event loop. All fields are
-// atomics: the admin plane replaces values under live traffic.
+// cacheLine is the unit of false sharing on the machines we run on.
+const cacheLine = 64
+
+// maxStripes is the most stripes an item has: one per event loop, and an
+// order id has room for 16 loops.
+const maxStripes = 16
+
+// stripe holds a share of a SKU's remaining units, alone on its cache line so
+// that event loops selling the same SKU do not bounce one line between cores.
+type stripe struct {
+	units atomic.Int64
+	_     [cacheLine - 8]byte
+}
+
+// saleItem is one SKU on sale, shared by every event loop.
 //
-// Stock is held as two counters, stock (units of the whole sale) and taken
-// (units handed to admitted orders, minus units given back); remaining is
-// stock - taken. take never lets taken pass stock, so no interleaving can
-// oversell, and lowering stock below taken only makes remaining zero.
+// Its remaining units are striped: one stripe per event loop, each decremented
+// with CAS and never below zero. A loop takes from its own stripe; when that
+// is short it gathers from the others, so a SKU is refused as sold out only
+// when all stripes together are short. The sum of the stripes never exceeds
+// what was loaded minus what was sold: no interleaving can oversell.
 type saleItem struct {
-	sku          string
-	stock        atomic.Int64
-	taken        atomic.Int64
+	sku     string
+	stripes []stripe
+	// borrowers counts takers holding units gathered from several stripes:
+	// while one does, others may see empty stripes that are not really empty.
+	borrowers atomic.Int32
+
+	mu    sync.Mutex   // serialises stock changes (admin plane, load)
+	stock atomic.Int64 // units of the whole sale, as last set
+
 	accepted     atomic.Int64 // orders answered 202
 	priceCents   atomic.Int64
 	perUserLimit atomic.Int32
@@ -27,27 +48,125 @@ type saleItem struct {
 	endsAtNs     atomic.Int64 // 0 = open-ended
 }
 
-// take takes qty units if that many remain.
-func (it *saleItem) take(qty int64) bool {
+func newSaleItem(sku string, stripes int) *saleItem {
+	if stripes < 1 || stripes > maxStripes {
+		panic(fmt.Sprintf("BUG: %d stock stripes, want 1-%d", stripes, maxStripes))
+	}
+	return &saleItem{sku: sku, stripes: make([]stripe, stripes)}
+}
+
+// takeUpTo takes at most want units from st and returns how many it took.
+func (st *stripe) takeUpTo(want int64) int64 {
 	for {
-		taken := it.taken.Load()
-		if taken+qty > it.stock.Load() {
-			return false
+		u := st.units.Load()
+		got := min(u, want)
+		if got <= 0 {
+			return 0
 		}
-		if it.taken.CompareAndSwap(taken, taken+qty) {
+		if st.units.CompareAndSwap(u, u-got) {
+			return got
+		}
+	}
+}
+
+// take takes qty units for an order admitted on event loop shard.
+func (it *saleItem) take(shard int, qty int64) bool {
+	own := &it.stripes[shard%len(it.stripes)]
+	for { // fast path: the loop's own stripe has them all
+		u := own.units.Load()
+		if u < qty {
+			break
+		}
+		if own.units.CompareAndSwap(u, u-qty) {
 			return true
 		}
 	}
-}
-
-// giveBack returns units whose order definitely failed.
-func (it *saleItem) giveBack(qty int64) {
-	if it.taken.Add(-qty) < 0 {
-		panic(fmt.Sprintf("BUG: SKU %s gave back more units than it took", it.sku))
+	it.borrowers.Add(1)
+	defer it.borrowers.Add(-1)
+	var gathered [maxStripes]int64
+	for attempt := 0; ; attempt++ {
+		got := int64(0)
+		for i := 0; i < len(it.stripes) && got < qty; i++ {
+			idx := (shard + i) % len(it.stripes)
+			n := it.stripes[idx].takeUpTo(qty - got)
+			gathered[idx] += n
+			got += n
+		}
+		if got == qty {
+			return true
+		}
+		// Short: put back exactly what was taken, where it came from.
+		for idx, n := range gathered[:len(it.stripes)] {
+			if n > 0 {
+				it.stripes[idx].units.Add(n)
+				gathered[idx] = 0
+			}
+		}
+		// The shortage is real unless another taker held units in transit
+		// while we looked; then look again (a few times: two large orders
+		// can each hold part of what the other needs).
+		if it.borrowers.Load() == 1 || attempt == 8 {
+			return false
+		}
+		runtime.Gosched()
 	}
 }
 
-func (it *saleItem) remaining() int64 { return max(0, it.stock.Load()-it.taken.Load()) }
+// giveBack returns units whose order definitely failed to the stripe of the
+// loop that took them.
+func (it *saleItem) giveBack(shard int, qty int64) {
+	if qty <= 0 {
+		panic(fmt.Sprintf("BUG: SKU %s: giving back %d units", it.sku, qty))
+	}
+	it.stripes[shard%len(it.stripes)].units.Add(qty)
+}
+
+// remaining is the sum of the stripes (a moment's view under traffic).
+func (it *saleItem) remaining() int64 {
+	var sum int64
+	for i := range it.stripes {
+		sum += it.stripes[i].units.Load()
+	}
+	return sum
+}
+
+// takenUnits is the units sold (or held by orders in flight).
+func (it *saleItem) takenUnits() int64 { return max(0, it.stock.Load()-it.remaining()) }
+
+// setStock changes the sale's stock to stock units. The difference to the
+// previous stock is added to the stripes, or removed from them as far as
+// units remain (lowering the stock below what was sold leaves none). With
+// takenUnits >= 0 (rebuilding from the ledger) the stripes are reset to
+// stock - takenUnits instead. Safe under traffic.
+func (it *saleItem) setStock(stock, takenUnits int64) {
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	if takenUnits >= 0 {
+		for i := range it.stripes {
+			it.stripes[i].units.Store(0)
+		}
+		it.spread(max(0, stock-takenUnits))
+	} else if delta := stock - it.stock.Load(); delta > 0 {
+		it.spread(delta)
+	} else {
+		for i := 0; i < len(it.stripes) && delta < 0; i++ {
+			delta += it.stripes[i].takeUpTo(-delta)
+		}
+	}
+	it.stock.Store(stock)
+}
+
+// spread adds units evenly across the stripes.
+func (it *saleItem) spread(units int64) {
+	n := int64(len(it.stripes))
+	for i := range it.stripes {
+		share := units / n
+		if int64(i) < units%n {
+			share++
+		}
+		it.stripes[i].units.Add(share)
+	}
+}
 
 // active reports whether the sale window contains now.
 func (it *saleItem) active(nowNs int64) bool {
@@ -55,12 +174,12 @@ func (it *saleItem) active(nowNs int64) bool {
 	return (s == 0 || nowNs >= s) && (e == 0 || nowNs < e)
 }
 
-func (it *saleItem) set(s ledger.SaleItem) {
+func (it *saleItem) set(s ledger.SaleItem, takenUnits int64) {
 	it.priceCents.Store(s.PriceCents)
 	it.perUserLimit.Store(s.PerUserLimit)
 	it.startsAtNs.Store(unixNano(s.StartsAt))
 	it.endsAtNs.Store(unixNano(s.EndsAt))
-	it.stock.Store(s.Stock)
+	it.setStock(s.Stock, takenUnits)
 }
 
 func unixNano(t time.Time) int64 {
@@ -74,13 +193,14 @@ func unixNano(t time.Time) int64 {
 // or allocations; writers (the admin plane) copy it under a mutex. Items are
 // never removed, so a reader's pointer stays valid.
 type saleTable struct {
-	m   atomic.Pointer[map[string]*saleItem]
-	mu  sync.Mutex
-	max int
+	m       atomic.Pointer[map[string]*saleItem]
+	mu      sync.Mutex
+	max     int
+	stripes int
 }
 
-func newSaleTable(maxSKUs int) *saleTable {
-	t := &saleTable{max: maxSKUs}
+func newSaleTable(maxSKUs, stripes int) *saleTable {
+	t := &saleTable{max: maxSKUs, stripes: stripes}
 	m := make(map[string]*saleItem)
 	t.m.Store(&m)
 	return t
@@ -96,18 +216,14 @@ func (t *saleTable) put(s ledger.SaleItem, takenUnits int64) (*saleItem, error) 
 	defer t.mu.Unlock()
 	old := *t.m.Load()
 	if it, ok := old[s.SKU]; ok {
-		if takenUnits >= 0 {
-			it.taken.Store(takenUnits)
-		}
-		it.set(s)
+		it.set(s, takenUnits)
 		return it, nil
 	}
 	if err := t.roomFor(s.SKU); err != nil {
 		return nil, err
 	}
-	it := &saleItem{sku: s.SKU}
-	it.set(s)
-	it.taken.Store(max(0, takenUnits))
+	it := newSaleItem(s.SKU, t.stripes)
+	it.set(s, max(0, takenUnits))
 	m := make(map[string]*saleItem, len(old)+1)
 	for k, v := range old {
 		m[k] = v

@@ -2,18 +2,25 @@ package edge
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+	"unsafe"
 
 	"github.com/flashgate/flashgate/ledger"
 )
 
-// Goroutines race on tiny stock while the admin plane replaces the item: the
-// units taken never pass the stock, and every unit is sold.
-func TestStockNoOversellUnderRace(t *testing.T) {
-	tab := newSaleTable(16)
-	const skus, stock, workers = 4, 37, 8
+// Goroutines, each standing for an event loop, race on tiny stock with orders
+// of 1-3 units, give some back (definite produce failures), while the admin
+// plane raises the stock and replaces the item: afterwards the units sold are
+// exactly the stock (no oversell, no false sold-out) and no stripe is negative.
+func TestStripedStockNoOversellNoFalseSoldOut(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	const skus, loops, stock, raise = 5, 8, 97, 13
+	tab := newSaleTable(16, loops)
 	for i := 0; i < skus; i++ {
 		if _, err := tab.put(ledger.SaleItem{SKU: fmt.Sprint("S", i), Stock: stock}, -1); err != nil {
 			t.Fatal(err)
@@ -21,47 +28,108 @@ func TestStockNoOversellUnderRace(t *testing.T) {
 	}
 	var sold [skus]atomic.Int64
 	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
+	for w := 0; w < loops; w++ {
 		wg.Add(1)
-		go func(w int) {
+		go func(shard int) {
 			defer wg.Done()
-			for i := 0; i < 2000; i++ {
-				s := (i + w) % skus
-				it := tab.lookup([]byte(fmt.Sprint("S", s)))
-				qty := int64(1 + i%3)
-				if it.take(qty) {
-					if i%7 == 0 { // a definite produce failure gives the units back
-						it.giveBack(qty)
+			rng := rand.New(rand.NewPCG(seed, uint64(shard)))
+			for s := 0; s < skus; s++ {
+				it := tab.lookup(fmt.Appendf(nil, "S%d", s))
+				for {
+					qty := int64(1 + rng.IntN(3))
+					if !it.take(shard, qty) {
+						if qty == 1 {
+							break // sold out as this loop sees it: every stripe was empty
+						}
+						continue
+					}
+					if rng.IntN(10) == 0 {
+						it.giveBack(shard, qty)
 						continue
 					}
 					sold[s].Add(qty)
 				}
-				if it.taken.Load() > it.stock.Load() {
-					t.Errorf("SKU S%d: taken %d > stock %d", s, it.taken.Load(), it.stock.Load())
-				}
 			}
 		}(w)
 	}
-	// Live replacement with the same stock must not disturb the count.
-	for i := 0; i < 100; i++ {
-		tab.put(ledger.SaleItem{SKU: "S0", Stock: stock, PriceCents: int64(i)}, -1)
-	}
+	// Raise one SKU's stock and replace another's price under traffic.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tab.put(ledger.SaleItem{SKU: "S0", Stock: stock + raise}, -1)
+		for i := 0; i < 50; i++ {
+			tab.put(ledger.SaleItem{SKU: "S1", Stock: stock, PriceCents: int64(i)}, -1)
+		}
+	}()
 	wg.Wait()
 	for s := 0; s < skus; s++ {
-		it := tab.lookup([]byte(fmt.Sprint("S", s)))
-		if got := sold[s].Load(); got > stock || got != it.taken.Load() {
-			t.Errorf("SKU S%d: sold %d, taken %d, stock %d", s, got, it.taken.Load(), stock)
+		it := tab.lookup(fmt.Appendf(nil, "S%d", s))
+		got, left := sold[s].Load(), it.remaining()
+		switch {
+		case s == 0:
+			// The raise may land after every loop saw S0 sold out: then its
+			// units are left, and nothing else.
+			if got+left != stock+raise || left != 0 && left != raise {
+				t.Errorf("SKU S0: sold %d, %d left, of %d+%d (seed %d)", got, left, stock, raise, seed)
+			}
+		case got != stock || left != 0:
+			t.Errorf("SKU S%d: sold %d units of %d, %d left (seed %d)", s, got, stock, left, seed)
 		}
-		// Whatever remains is less than the smallest order that was refused
-		// only if it could not fit: with qty 1 orders always tried, all is sold.
-		if it.remaining() != 0 {
-			t.Errorf("SKU S%d: %d units left unsold (false sold-out)", s, it.remaining())
+		for i := range it.stripes {
+			if u := it.stripes[i].units.Load(); u < 0 {
+				t.Errorf("SKU S%d stripe %d holds %d units", s, i, u)
+			}
 		}
 	}
 }
 
+// A dry stripe steals from the others: an order is refused as sold out only
+// when all stripes together are short.
+func TestDryStripeSteals(t *testing.T) {
+	it := newSaleItem("X", 4)
+	it.setStock(5, -1) // stripes 2, 1, 1, 1
+	it.stripes[3].units.Store(0)
+	it.stripes[0].units.Add(1) // 3, 1, 1, 0: shard 3 is dry
+	if !it.take(3, 4) {
+		t.Fatal("4 units refused on shard 3 while 5 remain elsewhere")
+	}
+	if it.take(3, 2) {
+		t.Fatal("2 units taken with 1 left")
+	}
+	if r := it.remaining(); r != 1 {
+		t.Fatalf("remaining %d after a refused take, want 1 (the take must put back what it gathered)", r)
+	}
+	if !it.take(2, 1) || it.remaining() != 0 {
+		t.Fatal("the last unit")
+	}
+}
+
+// Lowering the stock below what was sold leaves nothing to sell; raising it
+// again adds only the difference.
+func TestSetStockUnderSales(t *testing.T) {
+	it := newSaleItem("X", 2)
+	it.setStock(10, -1)
+	for i := 0; i < 7; i++ {
+		if !it.take(i, 1) {
+			t.Fatal("take")
+		}
+	}
+	it.setStock(5, -1)
+	if it.remaining() != 0 || it.take(0, 1) {
+		t.Fatalf("stock 5 with 7 sold: %d remain", it.remaining())
+	}
+	it.setStock(12, -1)
+	if r := it.remaining(); r != 7 {
+		t.Fatalf("stock raised 5 -> 12: %d remain, want 7", r)
+	}
+	it.setStock(20, 15) // rebuilt from the ledger: 15 taken
+	if r := it.remaining(); r != 5 {
+		t.Fatalf("rebuilt with 15 of 20 taken: %d remain, want 5", r)
+	}
+}
+
 func TestSaleTableBounded(t *testing.T) {
-	tab := newSaleTable(2)
+	tab := newSaleTable(2, 2)
 	tab.put(ledger.SaleItem{SKU: "a", Stock: 1}, -1)
 	tab.put(ledger.SaleItem{SKU: "b", Stock: 1}, -1)
 	if _, err := tab.put(ledger.SaleItem{SKU: "c", Stock: 1}, -1); err == nil {
@@ -74,3 +142,12 @@ func TestSaleTableBounded(t *testing.T) {
 		t.Fatalf("lookup allocates %v", n)
 	}
 }
+
+func TestStripePadding(t *testing.T) {
+	it := newSaleItem("X", 2)
+	if d := uintptrOf(&it.stripes[1]) - uintptrOf(&it.stripes[0]); d < cacheLine {
+		t.Fatalf("stripes %d bytes apart, want a cache line (%d)", d, cacheLine)
+	}
+}
+
+func uintptrOf(s *stripe) uintptr { return uintptr(unsafe.Pointer(s)) }

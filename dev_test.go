@@ -95,9 +95,13 @@ func doJSON(t *testing.T, method, url, user, body string) (int, map[string]any) 
 	return resp.StatusCode, v
 }
 
-func putSKU(t *testing.T, st *devStack, sku string, stock int) {
+func putSKU(t *testing.T, st *devStack, sku string, stock int, perUserLimit ...int) {
 	t.Helper()
-	code, v := doJSON(t, "PUT", st.env.AdminURL+"/admin/v1/skus/"+sku, "", fmt.Sprintf(`{"stock":%d,"price_cents":1234,"per_user_limit":0}`, stock))
+	limit := 0
+	if len(perUserLimit) > 0 {
+		limit = perUserLimit[0]
+	}
+	code, v := doJSON(t, "PUT", st.env.AdminURL+"/admin/v1/skus/"+sku, "", fmt.Sprintf(`{"stock":%d,"price_cents":1234,"per_user_limit":%d}`, stock, limit))
 	if code != 200 || v["remaining"] != float64(stock) {
 		t.Fatalf("PUT sku %s: %d %v", sku, code, v)
 	}
@@ -212,6 +216,19 @@ func TestDevEndToEnd(t *testing.T) {
 
 	testPipelinedInOrder(t, st)
 
+	// A per-user limit of 2: the third unit is refused, for this user only.
+	putSKU(t, st, "LIMITED", 100, 2)
+	for i, want := range []int{202, 202, 409} {
+		code, v := doJSON(t, "POST", st.env.EdgeURL+"/v1/orders", "limited-user", `{"sku":"LIMITED","qty":1}`)
+		if code != want || code == 409 && !strings.HasSuffix(fmt.Sprint(v["type"]), "/purchase-limit") {
+			t.Fatalf("limited order %d: %d %v, want %d", i, code, v, want)
+		}
+	}
+	if code, _ := doJSON(t, "POST", st.env.EdgeURL+"/v1/orders", "other-user", `{"sku":"LIMITED","qty":2}`); code != 202 {
+		t.Fatalf("another user's order on a limited SKU: %d", code)
+	}
+	ledgerCounts(t, st.env.DatabaseURL, "LIMITED", 3)
+
 	st.stop(t)
 	st2 := startDev(t, dir)
 	code, v := doJSON(t, "GET", st2.env.AdminURL+"/admin/v1/skus/E2E-1", "", "")
@@ -220,6 +237,10 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 	if code, _ := doJSON(t, "POST", st2.env.EdgeURL+"/v1/orders", "late", `{"sku":"E2E-1","qty":1}`); code != 409 {
 		t.Fatalf("order after restart on a sold-out SKU: %d, want 409", code)
+	}
+	// Purchase counts are rebuilt from the ledger, not reset.
+	if code, v := doJSON(t, "POST", st2.env.EdgeURL+"/v1/orders", "limited-user", `{"sku":"LIMITED","qty":1}`); code != 409 {
+		t.Fatalf("limited user after restart: %d %v, want 409 purchase-limit", code, v)
 	}
 	if n := len(ledgerCounts(t, st2.env.DatabaseURL, "E2E-1", stock)); n != stock {
 		t.Fatalf("after restart the ledger has %d orders, want %d", n, stock)

@@ -46,6 +46,9 @@ type Config struct {
 
 	// MaxSKUs sizes the sale table.
 	MaxSKUs int
+	// PurchaseSlots sizes the per-(user, SKU) purchase counters of SKUs with a
+	// per-user limit (24 bytes each, allocated at start).
+	PurchaseSlots int
 
 	// Kafka hand-off.
 	ProduceLinger      time.Duration // batching delay of the producer
@@ -75,7 +78,8 @@ func DefaultConfig() Config {
 		HeaderReadTimeout:   10 * time.Second,
 		IdleTimeout:         60 * time.Second,
 		MaxSKUs:             100_000,
-		ProduceLinger:       0, // measured: batches fill while a produce is in flight; linger only adds latency (tuning.md)
+		PurchaseSlots:       1 << 20, // 24 MiB; room for ~800K buyers of limited SKUs
+		ProduceLinger:       0,       // measured: batches fill while a produce is in flight; linger only adds latency (tuning.md)
 		MaxBufferedRecords:  100_000,
 		DeliveryTimeout:     5 * time.Second,
 		MaxReadsInFlight:    256,
@@ -98,6 +102,7 @@ func init() {
 	flag.DurationVar(&flagConfig.HeaderReadTimeout, "edge.headerReadTimeout", flagConfig.HeaderReadTimeout, "time from a request's first byte to its last; slower gets 408 and close")
 	flag.DurationVar(&flagConfig.IdleTimeout, "edge.idleTimeout", flagConfig.IdleTimeout, "keep-alive connections without traffic this long are closed")
 	flag.IntVar(&flagConfig.MaxSKUs, "edge.maxSKUs", flagConfig.MaxSKUs, "capacity of the sale table")
+	flag.IntVar(&flagConfig.PurchaseSlots, "edge.purchaseSlots", flagConfig.PurchaseSlots, "(user, SKU) pairs counted for per-user limits, 24 bytes each; keep it above 1.25x the buyers of limited SKUs, past it their new buyers get 503")
 	flag.DurationVar(&flagConfig.ProduceLinger, "edge.produceLinger", flagConfig.ProduceLinger, "how long the Kafka producer waits to fill a batch; adds to every 202's latency")
 	flag.IntVar(&flagConfig.MaxBufferedRecords, "edge.maxBufferedRecords", flagConfig.MaxBufferedRecords, "orders waiting for a Kafka ack; past it new orders get 503 at once")
 	flag.DurationVar(&flagConfig.DeliveryTimeout, "edge.deliveryTimeout", flagConfig.DeliveryTimeout, "an order not acked by Kafka by then is answered 503 and reconciled later")
@@ -157,6 +162,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("edge: -edge.maxConns must be positive and -edge.maxOutputBytes at least 4096")
 	case c.HeaderReadTimeout < tickInterval || c.IdleTimeout < tickInterval:
 		return fmt.Errorf("edge: -edge.headerReadTimeout and -edge.idleTimeout must be at least %v", tickInterval)
+	case c.PurchaseSlots < maxProbeSlots:
+		return fmt.Errorf("edge: -edge.purchaseSlots must be at least %d", maxProbeSlots)
 	case c.MaxSKUs < 1 || c.MaxBufferedRecords < 1 || c.MaxReadsInFlight < 1:
 		return fmt.Errorf("edge: -edge.maxSKUs, -edge.maxBufferedRecords and -edge.maxReadsInFlight must be positive")
 	}

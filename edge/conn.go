@@ -33,6 +33,7 @@ type slot struct {
 	key, val []byte
 	orderID  int64
 	item     *saleItem
+	purchase *purchaseSlot // the buyer's counter, for SKUs with a per-user limit
 	qty      int64
 	bodyOff  int // where the 202 body starts in resp (for the recent-orders cache)
 	userLen  int // key holds the user id

@@ -21,6 +21,8 @@ var (
 	ordersInactiveTotal   = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="sale-not-active"}`)
 	ordersUnknownSKUTotal = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="unknown-sku"}`)
 	ordersInvalidTotal    = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="invalid-request"}`)
+	ordersLimitTotal      = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="purchase-limit"}`)
+	purchaseFullTotal     = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="purchase-table-full"}`)
 	produceFailedTotal    = metrics.NewCounter(`flashgate_edge_produce_errors_total{outcome="failed"}`)
 	produceUnknownTotal   = metrics.NewCounter(`flashgate_edge_produce_errors_total{outcome="unknown"}`)
 	readsRejectedTotal    = metrics.NewCounter(`flashgate_edge_reads_rejected_total`)

@@ -148,7 +148,24 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 		cs.problem(503, probUnavailable, "the edge is shutting down", respHeader{close: true, retryAfter: 1})
 		return
 	}
+	var purchase *purchaseSlot
+	if limit := int64(it.perUserLimit.Load()); limit > 0 {
+		var out purchaseOutcome
+		switch purchase, out = s.purchases.reserve(user, sku, qty, limit); out {
+		case purchaseOverLimit:
+			ordersLimitTotal.Inc()
+			cs.problem(409, probPurchaseLimit, "this order would take you past the per-user limit of this sku", respHeader{close: closeAfter})
+			return
+		case purchaseTableFull:
+			purchaseFullTotal.Inc()
+			cs.problem(503, probUnavailable, "purchase limits cannot be counted for more buyers now; see -edge.purchaseSlots", respHeader{close: closeAfter, retryAfter: 1})
+			return
+		}
+	}
 	if !it.take(cs.shard.idx, qty) {
+		if purchase != nil {
+			purchase.release(qty)
+		}
 		ordersSoldOutTotal.Inc()
 		cs.problem(409, probSoldOut, "no stock left for this sku", respHeader{close: closeAfter})
 		return
@@ -157,7 +174,7 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 	id := s.gens[cs.shard.idx].Next()
 	sl := cs.push()
 	sl.state.Store(slotPending)
-	sl.orderID, sl.item, sl.qty, sl.close = id, it, qty, closeAfter
+	sl.orderID, sl.item, sl.purchase, sl.qty, sl.close = id, it, purchase, qty, closeAfter
 	if closeAfter {
 		cs.closing = true
 	}
@@ -207,8 +224,11 @@ func (sl *slot) onProduced(_ *kgo.Record, err error) {
 		return
 	}
 	if definiteFailure(err) {
-		// The record was never written: give the stock back.
+		// The record was never written: give the stock and the purchase back.
 		sl.item.giveBack(sl.cs.shard.idx, sl.qty)
+		if sl.purchase != nil {
+			sl.purchase.release(sl.qty)
+		}
 		produceFailedTotal.Inc()
 	} else {
 		// It may still land: keep the stock taken; reconciliation against the

@@ -18,6 +18,7 @@ const (
 	probUnauthorized   = "unauthorized"
 	probUnknownSKU     = "unknown-sku"
 	probSoldOut        = "sold-out"
+	probPurchaseLimit  = "purchase-limit"
 	probSaleNotActive  = "sale-not-active"
 	probUnavailable    = "unavailable"
 	probNotFound       = "not-found"

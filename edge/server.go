@@ -28,6 +28,8 @@ type Server struct {
 	pool  *pgxpool.Pool
 	prod  *kgo.Client
 	items *saleTable
+	// purchases counts units per (user, SKU) for per-user limits.
+	purchases *purchaseTable
 	// recent answers GET for orders accepted but not yet in the ledger.
 	recent *fastcache.Cache
 	gens   []*orderid.Generator // one per shard
@@ -59,14 +61,15 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:     cfg,
-		lim:     parseLimits{requestLine: cfg.MaxRequestLineBytes, headerBytes: cfg.MaxHeaderBytes, headers: cfg.MaxHeaders, body: cfg.MaxBodyBytes},
-		pool:    pool,
-		items:   newSaleTable(cfg.MaxSKUs, cfg.loops()),
-		recent:  fastcache.New(cfg.RecentOrdersBytes),
-		booted:  make(chan struct{}),
-		runErr:  make(chan error, 1),
-		readSem: make(chan struct{}, cfg.MaxReadsInFlight),
+		cfg:       cfg,
+		lim:       parseLimits{requestLine: cfg.MaxRequestLineBytes, headerBytes: cfg.MaxHeaderBytes, headers: cfg.MaxHeaders, body: cfg.MaxBodyBytes},
+		pool:      pool,
+		items:     newSaleTable(cfg.MaxSKUs, cfg.loops()),
+		purchases: newPurchaseTable(cfg.PurchaseSlots),
+		recent:    fastcache.New(cfg.RecentOrdersBytes),
+		booted:    make(chan struct{}),
+		runErr:    make(chan error, 1),
+		readSem:   make(chan struct{}, cfg.MaxReadsInFlight),
 	}
 	for i := 0; i < cfg.loops(); i++ {
 		s.gens = append(s.gens, orderid.MustNew(cfg.NodeID, i))
@@ -111,7 +114,18 @@ func (s *Server) LoadSaleItems(ctx context.Context) error {
 		}
 		item.accepted.Store(it.Orders)
 	}
-	slog.Info("edge: sale items loaded from the ledger", "skus", len(items))
+	pairs := 0
+	err = ledger.LoadPurchases(ctx, s.pool, func(user, sku string, units int64) error {
+		pairs++
+		if !s.purchases.set([]byte(user), []byte(sku), units) {
+			return fmt.Errorf("the purchase table is full after %d (user, SKU) pairs; possible fix: raise -edge.purchaseSlots", pairs)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	slog.Info("edge: sale items loaded from the ledger", "skus", len(items), "limited_purchases", pairs)
 	return nil
 }
 

@@ -101,3 +101,28 @@ func GetSaleItem(ctx context.Context, q Querier, sku string) (SaleItem, error) {
 	}
 	return s, err
 }
+
+// LoadPurchases calls fn with the units each user holds of each SKU that has a
+// per-user limit, counting the live orders of the SKU's current sale
+// (rebuilding the edge's purchase counters at start).
+func LoadPurchases(ctx context.Context, q Querier, fn func(user, sku string, units int64) error) error {
+	rows, err := q.Query(ctx, `SELECT o.user_id, o.sku, sum(o.qty)
+		FROM sale_items s JOIN orders o ON o.sku = s.sku AND o.created_at >= s.sale_started_at
+		WHERE s.per_user_limit > 0 AND o.status NOT IN ('cancelled', 'expired')
+		GROUP BY o.user_id, o.sku`)
+	if err != nil {
+		return fmt.Errorf("loading purchases: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var user, sku string
+		var units int64
+		if err := rows.Scan(&user, &sku, &units); err != nil {
+			return err
+		}
+		if err := fn(user, sku, units); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}

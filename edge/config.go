@@ -60,6 +60,8 @@ type Config struct {
 	// RecentOrdersBytes sizes the cache answering "accepted" for orders not
 	// yet in the ledger.
 	RecentOrdersBytes int
+	// IdempotencyBytes sizes the Idempotency-Key cache (oldest keys go first).
+	IdempotencyBytes int
 }
 
 // DefaultConfig returns the defaults.
@@ -84,6 +86,7 @@ func DefaultConfig() Config {
 		DeliveryTimeout:     5 * time.Second,
 		MaxReadsInFlight:    256,
 		RecentOrdersBytes:   64 << 20,
+		IdempotencyBytes:    64 << 20, // ~400K keys of ~150 bytes
 	}
 }
 
@@ -107,6 +110,7 @@ func init() {
 	flag.IntVar(&flagConfig.MaxBufferedRecords, "edge.maxBufferedRecords", flagConfig.MaxBufferedRecords, "orders waiting for a Kafka ack; past it new orders get 503 at once")
 	flag.DurationVar(&flagConfig.DeliveryTimeout, "edge.deliveryTimeout", flagConfig.DeliveryTimeout, "an order not acked by Kafka by then is answered 503 and reconciled later")
 	flag.IntVar(&flagConfig.MaxReadsInFlight, "edge.maxReadsInFlight", flagConfig.MaxReadsInFlight, "concurrent ledger reads for GET /v1/orders/{id}; past it 503")
+	flag.IntVar(&flagConfig.IdempotencyBytes, "edge.idempotencyBytes", flagConfig.IdempotencyBytes, "memory of the Idempotency-Key cache; a retry after its key was evicted is a new order (the ledger's backstop catches it)")
 	flag.IntVar(&flagConfig.RecentOrdersBytes, "edge.recentOrdersBytes", flagConfig.RecentOrdersBytes, "memory of the recent-orders cache (answers \"accepted\" until the ledger has an order)")
 }
 

@@ -34,6 +34,8 @@ type slot struct {
 	orderID  int64
 	item     *saleItem
 	purchase *purchaseSlot // the buyer's counter, for SKUs with a per-user limit
+	idemK    []byte        // the idempotency cache key; empty without Idempotency-Key
+	idemHash uint64
 	qty      int64
 	bodyOff  int // where the 202 body starts in resp (for the recent-orders cache)
 	userLen  int // key holds the user id
@@ -64,6 +66,8 @@ type connState struct {
 	closed   atomic.Bool
 	req      request
 	scratch  []byte
+	idemK    []byte // idempotency key being decided
+	idemVal  []byte // its cache entry
 }
 
 func newConnState(srv *Server, c gnet.Conn, shard *shard, peer netip.Addr) *connState {

@@ -148,15 +148,41 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 		cs.problem(503, probUnavailable, "the edge is shutting down", respHeader{close: true, retryAfter: 1})
 		return
 	}
+	id := s.gens[cs.shard.idx].Next()
+	var idemK []byte
+	var idemHash uint64
+	if len(r.idemKey) > 0 {
+		cs.idemK = appendIdemKey(cs.idemK[:0], user, r.idemKey)
+		idemHash = s.idem.orderHash(sku, qty)
+		out, firstID, v := s.idem.begin(cs.idemK, idemHash, id, cs.idemVal)
+		cs.idemVal = v
+		switch out {
+		case idemReplay:
+			idemReplaysTotal.Inc()
+			cs.respond(202, &respHeader{location: locationPrefix, locationID: firstID, close: closeAfter}, v)
+			return
+		case idemMismatch:
+			idemMismatchTotal.Inc()
+			cs.problem(422, probIdemMismatch, "this Idempotency-Key was used for a different order", respHeader{close: closeAfter})
+			return
+		case idemBusy:
+			idemBusyTotal.Inc()
+			cs.problem(409, probIdemInFlight, "the first request with this Idempotency-Key has no final answer yet; retry later", respHeader{close: closeAfter, retryAfter: 1})
+			return
+		}
+		idemK = cs.idemK
+	}
 	var purchase *purchaseSlot
 	if limit := int64(it.perUserLimit.Load()); limit > 0 {
 		var out purchaseOutcome
 		switch purchase, out = s.purchases.reserve(user, sku, qty, limit); out {
 		case purchaseOverLimit:
+			s.abandonIdem(idemK)
 			ordersLimitTotal.Inc()
 			cs.problem(409, probPurchaseLimit, "this order would take you past the per-user limit of this sku", respHeader{close: closeAfter})
 			return
 		case purchaseTableFull:
+			s.abandonIdem(idemK)
 			purchaseFullTotal.Inc()
 			cs.problem(503, probUnavailable, "purchase limits cannot be counted for more buyers now; see -edge.purchaseSlots", respHeader{close: closeAfter, retryAfter: 1})
 			return
@@ -166,15 +192,16 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 		if purchase != nil {
 			purchase.release(qty)
 		}
+		s.abandonIdem(idemK)
 		ordersSoldOutTotal.Inc()
 		cs.problem(409, probSoldOut, "no stock left for this sku", respHeader{close: closeAfter})
 		return
 	}
 
-	id := s.gens[cs.shard.idx].Next()
 	sl := cs.push()
 	sl.state.Store(slotPending)
 	sl.orderID, sl.item, sl.purchase, sl.qty, sl.close = id, it, purchase, qty, closeAfter
+	sl.idemK, sl.idemHash = append(sl.idemK[:0], idemK...), idemHash
 	if closeAfter {
 		cs.closing = true
 	}
@@ -193,6 +220,14 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 	sl.rec = kgo.Record{Key: sl.key, Value: sl.val}
 	s.produces.Add(1)
 	s.prod.TryProduce(context.Background(), &sl.rec, sl.promise)
+}
+
+// abandonIdem forgets an idempotency claim (nil: none) whose order was
+// refused or definitely failed: a retry is a new attempt.
+func (s *Server) abandonIdem(k []byte) {
+	if len(k) > 0 {
+		s.idem.abandon(k)
+	}
 }
 
 func appendAccepted(dst []byte, id int64, sku []byte, qty int64, user []byte) []byte {
@@ -220,6 +255,9 @@ func (sl *slot) onProduced(_ *kgo.Record, err error) {
 		// user id, NUL, the 202 body: enough for GET to answer "accepted".
 		v := append(append(sl.val[:0], sl.key[:sl.userLen]...), 0)
 		s.recent.Set(k[:], append(v, sl.resp[sl.bodyOff:]...))
+		if len(sl.idemK) > 0 {
+			s.idem.finish(sl.idemK, sl.idemHash, sl.orderID, sl.resp[sl.bodyOff:], sl.val[:0])
+		}
 		sl.complete()
 		return
 	}
@@ -229,8 +267,12 @@ func (sl *slot) onProduced(_ *kgo.Record, err error) {
 		if sl.purchase != nil {
 			sl.purchase.release(sl.qty)
 		}
+		s.abandonIdem(sl.idemK)
 		produceFailedTotal.Inc()
 	} else {
+		if len(sl.idemK) > 0 {
+			s.idem.unresolved(sl.idemK, sl.idemHash, sl.orderID, sl.val[:0])
+		}
 		// It may still land: keep the stock taken; reconciliation against the
 		// ledger resolves the order later.
 		produceUnknownTotal.Inc()

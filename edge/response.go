@@ -19,6 +19,8 @@ const (
 	probUnknownSKU     = "unknown-sku"
 	probSoldOut        = "sold-out"
 	probPurchaseLimit  = "purchase-limit"
+	probIdemMismatch   = "idempotency-mismatch"
+	probIdemInFlight   = "idempotency-in-flight"
 	probSaleNotActive  = "sale-not-active"
 	probUnavailable    = "unavailable"
 	probNotFound       = "not-found"

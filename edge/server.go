@@ -30,6 +30,7 @@ type Server struct {
 	items *saleTable
 	// purchases counts units per (user, SKU) for per-user limits.
 	purchases *purchaseTable
+	idem      *idemStore
 	// recent answers GET for orders accepted but not yet in the ledger.
 	recent *fastcache.Cache
 	gens   []*orderid.Generator // one per shard
@@ -66,6 +67,7 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 		pool:      pool,
 		items:     newSaleTable(cfg.MaxSKUs, cfg.loops()),
 		purchases: newPurchaseTable(cfg.PurchaseSlots),
+		idem:      newIdemStore(cfg.IdempotencyBytes),
 		recent:    fastcache.New(cfg.RecentOrdersBytes),
 		booted:    make(chan struct{}),
 		runErr:    make(chan error, 1),

@@ -3,11 +3,15 @@ package edge
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/http/pprof"
+	"net/netip"
+	"os"
 	"strings"
 	"time"
 
@@ -19,22 +23,41 @@ import (
 	"github.com/flashgate/flashgate/lib/order"
 )
 
+var adminToken = flag.String("admin.token", os.Getenv("FLASHGATE_ADMIN_TOKEN"),
+	"bearer token every admin request must carry (default $FLASHGATE_ADMIN_TOKEN); required when --admin-addr is not on loopback")
+
 // Admin is the admin plane (fasthttp): sale setup, status, /metrics and
-// /debug/pprof/. It binds to loopback by default.
+// /debug/pprof/. It binds to loopback by default; bound elsewhere it needs a
+// token.
 type Admin struct {
-	srv  *Server
-	http *fasthttp.Server
-	ln   net.Listener
-	done chan error
+	srv   *Server
+	http  *fasthttp.Server
+	ln    net.Listener
+	token []byte // empty: no token required (loopback only)
+	done  chan error
 }
 
-// StartAdmin serves the admin plane for srv on addr.
+// StartAdmin serves the admin plane for srv on addr, with the -admin.token flag.
 func StartAdmin(addr string, srv *Server) (*Admin, error) {
+	return StartAdminWithToken(addr, *adminToken, srv)
+}
+
+// StartAdminWithToken serves the admin plane for srv on addr. With a token,
+// every request must carry "Authorization: Bearer <token>"; without one the
+// address must be on loopback.
+func StartAdminWithToken(addr, token string, srv *Server) (*Admin, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--admin-addr %q: %w", addr, err)
+	}
+	if ip, err := netip.ParseAddr(host); token == "" && (err != nil || !ip.IsLoopback()) {
+		return nil, fmt.Errorf("the admin plane on %s (not loopback) needs a token; possible fix: -admin.token or $FLASHGATE_ADMIN_TOKEN, or --admin-addr 127.0.0.1:PORT", addr)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin plane cannot listen on %s: %w; possible fix: --admin-addr with a free port", addr, err)
 	}
-	a := &Admin{srv: srv, ln: ln, done: make(chan error, 1)}
+	a := &Admin{srv: srv, ln: ln, token: []byte(token), done: make(chan error, 1)}
 	a.http = &fasthttp.Server{
 		Handler:            a.handle,
 		Name:               "flashgate-admin",
@@ -65,6 +88,11 @@ var pprofHandlers = map[string]fasthttp.RequestHandler{
 var pprofIndex = fasthttpadaptor.NewFastHTTPHandlerFunc(pprof.Index)
 
 func (a *Admin) handle(ctx *fasthttp.RequestCtx) {
+	if len(a.token) > 0 && !a.authorized(ctx) {
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="flashgate-admin"`)
+		adminProblem(ctx, 401, probUnauthorized, "the admin plane needs Authorization: Bearer <admin token>")
+		return
+	}
 	path := string(ctx.Path())
 	switch {
 	case strings.HasPrefix(path, "/admin/v1/skus/"):
@@ -93,6 +121,11 @@ func (a *Admin) handle(ctx *fasthttp.RequestCtx) {
 	default:
 		adminProblem(ctx, 404, probNotFound, "no such endpoint")
 	}
+}
+
+func (a *Admin) authorized(ctx *fasthttp.RequestCtx) bool {
+	got, ok := bytes.CutPrefix(ctx.Request.Header.Peek("Authorization"), []byte("Bearer "))
+	return ok && subtle.ConstantTimeCompare(got, a.token) == 1
 }
 
 // skuRequest is the body of PUT /admin/v1/skus/{sku}.

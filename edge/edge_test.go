@@ -387,3 +387,35 @@ func TestPipelineFloodIsBounded(t *testing.T) {
 		t.Fatalf("%d orders in flight on one connection, cap 4", n)
 	}
 }
+
+// Off loopback the admin plane needs a token; with one, requests without it
+// get 401.
+func TestAdminToken(t *testing.T) {
+	kf := testenv.Broker(t, 1)
+	s := startTestEdge(t, kf, "A-1", 1)
+	if _, err := StartAdminWithToken("0.0.0.0:0", "", s); err == nil || !strings.Contains(err.Error(), "needs a token") {
+		t.Fatalf("admin on 0.0.0.0 without a token: %v", err)
+	}
+	a, err := StartAdminWithToken("127.0.0.1:0", "s3cret", s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Stop(context.Background())
+	for _, c := range []struct {
+		auth string
+		want int
+	}{{"", 401}, {"Bearer wrong", 401}, {"s3cret", 401}, {"Bearer s3cret", 200}} {
+		req, _ := http.NewRequest("GET", "http://"+a.Addr()+"/admin/v1/skus/A-1", nil)
+		if c.auth != "" {
+			req.Header.Set("Authorization", c.auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.want {
+			t.Errorf("Authorization %q: %d, want %d", c.auth, resp.StatusCode, c.want)
+		}
+	}
+}

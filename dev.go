@@ -43,7 +43,10 @@ func devOptionsFromFlags() devOptions {
 }
 
 func edgeConfigFromFlags() edge.Config {
-	cfg := edge.FlagConfig()
+	cfg, err := edge.FlagConfig()
+	if err != nil {
+		fatalUsage(err.Error())
+	}
 	cfg.Addr, cfg.Auth = *edgeAddr, *authMode
 	prefixes, err := edge.ParsePrefixes(*trustProxy)
 	if err != nil {

@@ -22,7 +22,7 @@ var (
 	kafkaBrokers = flag.String("kafka-brokers", "", "comma list of Kafka brokers; empty in dev = the embedded broker")
 	databaseURL  = flag.String("database-url", "", "PostgreSQL URL; empty in dev = a private cluster under --data-dir")
 	dataDir      = flag.String("data-dir", "./var", "where dev keeps its PostgreSQL cluster (pg/), broker log (kafka/) and dev.env")
-	authMode     = flag.String("auth", "dev", "identity: dev (trust X-User-ID) or jwt (verified bearer token; not available yet)")
+	authMode     = flag.String("auth", "dev", "identity: dev (trust X-User-ID) or jwt (verified bearer token, user from sub; see -auth.*)")
 	demo         = flag.Bool("demo", false, "dev: load a demo sale (a few SKUs with stock) unless they exist already")
 	trustProxy   = flag.String("trust-proxy", "127.0.0.0/8", "comma list of CIDRs whose X-Forwarded-For is believed for the client IP")
 	partitions   = flag.Int("kafka.partitions", 6, "partitions of the topics flashgate creates when they are missing")

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
+	"os"
 	"runtime"
 	"strings"
 	"time"
@@ -16,7 +17,8 @@ import (
 type Config struct {
 	Addr    string   // listen address of the HTTP server
 	Brokers []string // Kafka seed brokers
-	Auth    string   // "dev": trust X-User-ID
+	Auth    string   // "dev": trust X-User-ID; "jwt": verified bearer tokens
+	JWT     JWTConfig
 	// TrustProxy lists the peers whose X-Forwarded-For is believed.
 	TrustProxy []netip.Prefix
 
@@ -114,8 +116,48 @@ func init() {
 	flag.IntVar(&flagConfig.RecentOrdersBytes, "edge.recentOrdersBytes", flagConfig.RecentOrdersBytes, "memory of the recent-orders cache (answers \"accepted\" until the ledger has an order)")
 }
 
-// FlagConfig returns the configuration set by the command-line flags.
-func FlagConfig() Config { return flagConfig }
+// JWT flags: key material is read at start.
+var (
+	jwtHS256Secret     = flag.String("auth.hs256Secret", os.Getenv("FLASHGATE_JWT_HS256_SECRET"), "HS256 secret(s) for --auth jwt, comma-separated for rotation (default $FLASHGATE_JWT_HS256_SECRET; prefer -auth.hs256SecretFile)")
+	jwtHS256SecretFile = flag.String("auth.hs256SecretFile", "", "file holding the HS256 secret(s) for --auth jwt, one per line")
+	jwtEdDSAKeys       = flag.String("auth.eddsaPublicKey", "", "PEM file(s) of Ed25519 public keys for --auth jwt, comma-separated for rotation")
+	jwtIssuer          = flag.String("auth.issuer", "", "required \"iss\" of tokens (empty: not checked)")
+	jwtAudience        = flag.String("auth.audience", "", "required \"aud\" of tokens (empty: not checked)")
+	jwtLeeway          = flag.Duration("auth.leeway", 30*time.Second, "clock skew allowed on exp and nbf")
+)
+
+// FlagConfig returns the configuration set by the command-line flags,
+// reading the JWT key files they name.
+func FlagConfig() (Config, error) {
+	c := flagConfig
+	c.JWT = JWTConfig{Issuer: *jwtIssuer, Audience: *jwtAudience, Leeway: *jwtLeeway, CacheBytes: 32 << 20}
+	secrets := strings.Split(*jwtHS256Secret, ",")
+	if *jwtHS256SecretFile != "" {
+		b, err := os.ReadFile(*jwtHS256SecretFile)
+		if err != nil {
+			return c, fmt.Errorf("-auth.hs256SecretFile: %w", err)
+		}
+		secrets = append(secrets, strings.Split(string(b), "\n")...)
+	}
+	for _, sec := range secrets {
+		if sec = strings.TrimSpace(sec); sec != "" {
+			if len(sec) < 32 {
+				return c, fmt.Errorf("an HS256 secret is %d bytes; possible fix: use at least 32 random bytes", len(sec))
+			}
+			c.JWT.HS256Secrets = append(c.JWT.HS256Secrets, []byte(sec))
+		}
+	}
+	for _, path := range strings.Split(*jwtEdDSAKeys, ",") {
+		if path = strings.TrimSpace(path); path != "" {
+			k, err := LoadEdDSAPublicKey(path)
+			if err != nil {
+				return c, fmt.Errorf("-auth.eddsaPublicKey: %w", err)
+			}
+			c.JWT.EdDSAKeys = append(c.JWT.EdDSAKeys, k)
+		}
+	}
+	return c, nil
+}
 
 // ParsePrefixes parses a comma list of CIDRs or addresses (--trust-proxy).
 func ParsePrefixes(list string) ([]netip.Prefix, error) {
@@ -150,8 +192,8 @@ func (c *Config) loops() int {
 
 func (c *Config) validate() error {
 	switch {
-	case c.Auth != "dev":
-		return fmt.Errorf("edge: --auth %q is not available yet (only \"dev\"); possible fix: --auth dev", c.Auth)
+	case c.Auth != "dev" && c.Auth != "jwt":
+		return fmt.Errorf("edge: --auth %q: want dev or jwt", c.Auth)
 	case len(c.Brokers) == 0:
 		return fmt.Errorf("edge: no Kafka brokers; possible fix: --kafka-brokers host:port")
 	case c.loops() > 16:

@@ -68,6 +68,7 @@ type connState struct {
 	scratch  []byte
 	idemK    []byte // idempotency key being decided
 	idemVal  []byte // its cache entry
+	user     []byte // the verified user id (--auth jwt)
 }
 
 func newConnState(srv *Server, c gnet.Conn, shard *shard, peer netip.Addr) *connState {

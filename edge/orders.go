@@ -79,8 +79,19 @@ func parseOrderID(b []byte) (int64, bool) {
 	return int64(n), true
 }
 
-// identify returns the caller's user id, or nil after answering 401.
+// identify returns the caller's user id, or nil after answering 401. With
+// --auth jwt the id lives in cs.user until the next request.
 func (s *Server) identify(cs *connState, r *request, closeAfter bool) []byte {
+	if s.jwt != nil {
+		user, err := s.jwt.user(r.auth, cs.user)
+		if err != nil {
+			authFailuresTotal.Inc()
+			cs.problem(401, probUnauthorized, err.Error(), respHeader{close: closeAfter})
+			return nil
+		}
+		cs.user = user
+		return user
+	}
 	if !order.ValidUserID(r.userID) {
 		cs.problem(401, probUnauthorized, "X-User-ID must be 1-64 bytes of [A-Za-z0-9_-]", respHeader{close: closeAfter})
 		return nil

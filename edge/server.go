@@ -31,6 +31,7 @@ type Server struct {
 	// purchases counts units per (user, SKU) for per-user limits.
 	purchases *purchaseTable
 	idem      *idemStore
+	jwt       *jwtVerifier // --auth jwt
 	// recent answers GET for orders accepted but not yet in the ledger.
 	recent *fastcache.Cache
 	gens   []*orderid.Generator // one per shard
@@ -75,6 +76,13 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 	}
 	for i := 0; i < cfg.loops(); i++ {
 		s.gens = append(s.gens, orderid.MustNew(cfg.NodeID, i))
+	}
+	if cfg.Auth == "jwt" {
+		v, err := newJWTVerifier(cfg.JWT)
+		if err != nil {
+			return nil, err
+		}
+		s.jwt = v
 	}
 	empty := []*shard{}
 	s.shards.Store(&empty)

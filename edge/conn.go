@@ -66,8 +66,7 @@ type connState struct {
 	closed   atomic.Bool
 	req      request
 	scratch  []byte
-	idemK    []byte // idempotency key being decided
-	idemVal  []byte // its cache entry
+	admit    admitScratch
 	user     []byte // the verified user id (--auth jwt)
 }
 

@@ -29,6 +29,7 @@ var (
 	produceFailedTotal    = metrics.NewCounter(`flashgate_edge_produce_errors_total{outcome="failed"}`)
 	produceUnknownTotal   = metrics.NewCounter(`flashgate_edge_produce_errors_total{outcome="unknown"}`)
 	authFailuresTotal     = metrics.NewCounter(`flashgate_edge_auth_failures_total`)
+	drainRefusedTotal     = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="draining"}`)
 	readsRejectedTotal    = metrics.NewCounter(`flashgate_edge_reads_rejected_total`)
 	slowReaderCloseTotal  = metrics.NewCounter(`flashgate_edge_slow_reader_closes_total`)
 	connsOpenedTotal      = metrics.NewCounter(`flashgate_edge_connections_opened_total`)

@@ -144,75 +144,22 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 		cs.problem(400, probInvalidRequest, "Idempotency-Key must be 1-255 visible ASCII bytes", respHeader{close: closeAfter})
 		return
 	}
-	it := s.items.lookup(sku)
-	if it == nil {
-		ordersUnknownSKUTotal.Inc()
-		cs.problem(404, probUnknownSKU, "no sale for this sku", respHeader{close: closeAfter})
+	d := s.admit(cs.shard.idx, &cs.admit, user, sku, qty, r.idemKey, time.Now().UnixNano())
+	switch {
+	case d.status == 202:
+		cs.respond(202, &respHeader{location: locationPrefix, locationID: d.replayID, close: closeAfter}, d.replay)
+		return
+	case d.status != 0:
+		d.counter.Inc()
+		cs.problem(d.status, d.problem, d.detail, respHeader{close: closeAfter || d.closeConn, retryAfter: d.retryAfter})
 		return
 	}
-	if !it.active(time.Now().UnixNano()) {
-		ordersInactiveTotal.Inc()
-		cs.problem(409, probSaleNotActive, "the sale of this sku is not open now", respHeader{close: closeAfter})
-		return
-	}
-	if s.draining.Load() {
-		cs.problem(503, probUnavailable, "the edge is shutting down", respHeader{close: true, retryAfter: 1})
-		return
-	}
-	id := s.gens[cs.shard.idx].Next()
-	var idemK []byte
-	var idemHash uint64
-	if len(r.idemKey) > 0 {
-		cs.idemK = appendIdemKey(cs.idemK[:0], user, r.idemKey)
-		idemHash = s.idem.orderHash(sku, qty)
-		out, firstID, v := s.idem.begin(cs.idemK, idemHash, id, cs.idemVal)
-		cs.idemVal = v
-		switch out {
-		case idemReplay:
-			idemReplaysTotal.Inc()
-			cs.respond(202, &respHeader{location: locationPrefix, locationID: firstID, close: closeAfter}, v)
-			return
-		case idemMismatch:
-			idemMismatchTotal.Inc()
-			cs.problem(422, probIdemMismatch, "this Idempotency-Key was used for a different order", respHeader{close: closeAfter})
-			return
-		case idemBusy:
-			idemBusyTotal.Inc()
-			cs.problem(409, probIdemInFlight, "the first request with this Idempotency-Key has no final answer yet; retry later", respHeader{close: closeAfter, retryAfter: 1})
-			return
-		}
-		idemK = cs.idemK
-	}
-	var purchase *purchaseSlot
-	if limit := int64(it.perUserLimit.Load()); limit > 0 {
-		var out purchaseOutcome
-		switch purchase, out = s.purchases.reserve(user, sku, qty, limit); out {
-		case purchaseOverLimit:
-			s.abandonIdem(idemK)
-			ordersLimitTotal.Inc()
-			cs.problem(409, probPurchaseLimit, "this order would take you past the per-user limit of this sku", respHeader{close: closeAfter})
-			return
-		case purchaseTableFull:
-			s.abandonIdem(idemK)
-			purchaseFullTotal.Inc()
-			cs.problem(503, probUnavailable, "purchase limits cannot be counted for more buyers now; see -edge.purchaseSlots", respHeader{close: closeAfter, retryAfter: 1})
-			return
-		}
-	}
-	if !it.take(cs.shard.idx, qty) {
-		if purchase != nil {
-			purchase.release(qty)
-		}
-		s.abandonIdem(idemK)
-		ordersSoldOutTotal.Inc()
-		cs.problem(409, probSoldOut, "no stock left for this sku", respHeader{close: closeAfter})
-		return
-	}
+	id, it := d.id, d.item
 
 	sl := cs.push()
 	sl.state.Store(slotPending)
-	sl.orderID, sl.item, sl.purchase, sl.qty, sl.close = id, it, purchase, qty, closeAfter
-	sl.idemK, sl.idemHash = append(sl.idemK[:0], idemK...), idemHash
+	sl.orderID, sl.item, sl.purchase, sl.qty, sl.close = id, it, d.purchase, qty, closeAfter
+	sl.idemK, sl.idemHash = append(sl.idemK[:0], d.idemK...), d.idemHash
 	if closeAfter {
 		cs.closing = true
 	}
@@ -231,14 +178,6 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 	sl.rec = kgo.Record{Key: sl.key, Value: sl.val}
 	s.produces.Add(1)
 	s.prod.TryProduce(context.Background(), &sl.rec, sl.promise)
-}
-
-// abandonIdem forgets an idempotency claim (nil: none) whose order was
-// refused or definitely failed: a retry is a new attempt.
-func (s *Server) abandonIdem(k []byte) {
-	if len(k) > 0 {
-		s.idem.abandon(k)
-	}
 }
 
 func appendAccepted(dst []byte, id int64, sku []byte, qty int64, user []byte) []byte {
@@ -274,11 +213,7 @@ func (sl *slot) onProduced(_ *kgo.Record, err error) {
 	}
 	if definiteFailure(err) {
 		// The record was never written: give the stock and the purchase back.
-		sl.item.giveBack(sl.cs.shard.idx, sl.qty)
-		if sl.purchase != nil {
-			sl.purchase.release(sl.qty)
-		}
-		s.abandonIdem(sl.idemK)
+		s.compensate(sl.cs.shard.idx, sl.item, sl.purchase, sl.idemK, sl.qty)
 		produceFailedTotal.Inc()
 	} else {
 		if len(sl.idemK) > 0 {

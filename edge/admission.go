@@ -1,0 +1,107 @@
+package edge
+
+import (
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// decision is what admission decided about one order.
+type decision struct {
+	// status is 0 when the order is admitted (stock taken, to be produced);
+	// 202 with replayID for an idempotent retry; else a refusal.
+	status     int
+	problem    string
+	detail     string
+	retryAfter int
+	closeConn  bool             // the refusal also closes the connection
+	counter    *metrics.Counter // counts this outcome
+
+	id       int64
+	item     *saleItem
+	purchase *purchaseSlot
+	idemK    []byte // points into the admitScratch
+	idemHash uint64
+	replayID int64
+	replay   []byte // the stored 202 body, in the admitScratch
+}
+
+// admitScratch holds buffers admission reuses; one per connection.
+type admitScratch struct {
+	idemK, idemVal []byte
+}
+
+func refuse(status int, problem, detail string, retryAfter int, c *metrics.Counter) decision {
+	return decision{status: status, problem: problem, detail: detail, retryAfter: retryAfter, counter: c}
+}
+
+// admit decides an order of qty units of sku for user, placed on event loop
+// shard at nowNs, with an optional Idempotency-Key. When it admits, the
+// units are taken (stock and, for limited SKUs, the user's purchase count)
+// and the key is claimed; compensate undoes exactly that. It does not
+// allocate.
+func (s *Server) admit(shard int, sc *admitScratch, user, sku []byte, qty int64, idemKey []byte, nowNs int64) decision {
+	it := s.items.lookup(sku)
+	switch {
+	case it == nil:
+		return refuse(404, probUnknownSKU, "no sale for this sku", 0, ordersUnknownSKUTotal)
+	case !it.active(nowNs):
+		return refuse(409, probSaleNotActive, "the sale of this sku is not open now", 0, ordersInactiveTotal)
+	case s.draining.Load():
+		d := refuse(503, probUnavailable, "the edge is shutting down", 1, drainRefusedTotal)
+		d.closeConn = true
+		return d
+	}
+	d := decision{id: s.gens[shard].Next(), item: it}
+	if len(idemKey) > 0 {
+		sc.idemK = appendIdemKey(sc.idemK[:0], user, idemKey)
+		d.idemHash = s.idem.orderHash(sku, qty)
+		out, firstID, v := s.idem.begin(sc.idemK, d.idemHash, d.id, sc.idemVal)
+		sc.idemVal = v
+		switch out {
+		case idemReplay:
+			idemReplaysTotal.Inc()
+			return decision{status: 202, replayID: firstID, replay: v}
+		case idemMismatch:
+			return refuse(422, probIdemMismatch, "this Idempotency-Key was used for a different order", 0, idemMismatchTotal)
+		case idemBusy:
+			return refuse(409, probIdemInFlight, "the first request with this Idempotency-Key has no final answer yet; retry later", 1, idemBusyTotal)
+		}
+		d.idemK = sc.idemK
+	}
+	if limit := int64(it.perUserLimit.Load()); limit > 0 {
+		var out purchaseOutcome
+		switch d.purchase, out = s.purchases.reserve(user, sku, qty, limit); out {
+		case purchaseOverLimit:
+			s.abandonIdem(d.idemK)
+			return refuse(409, probPurchaseLimit, "this order would take you past the per-user limit of this sku", 0, ordersLimitTotal)
+		case purchaseTableFull:
+			s.abandonIdem(d.idemK)
+			return refuse(503, probUnavailable, "purchase limits cannot be counted for more buyers now; see -edge.purchaseSlots", 1, purchaseFullTotal)
+		}
+	}
+	if !it.take(shard, qty) {
+		if d.purchase != nil {
+			d.purchase.release(qty)
+		}
+		s.abandonIdem(d.idemK)
+		return refuse(409, probSoldOut, "no stock left for this sku", 0, ordersSoldOutTotal)
+	}
+	return d
+}
+
+// compensate undoes an admission whose order definitely failed: the units go
+// back to the stock and the user's count, and the key is free for a retry.
+func (s *Server) compensate(shard int, item *saleItem, purchase *purchaseSlot, idemK []byte, qty int64) {
+	item.giveBack(shard, qty)
+	if purchase != nil {
+		purchase.release(qty)
+	}
+	s.abandonIdem(idemK)
+}
+
+// abandonIdem forgets an idempotency claim (nil: none) whose order was
+// refused or definitely failed: a retry is a new attempt.
+func (s *Server) abandonIdem(k []byte) {
+	if len(k) > 0 {
+		s.idem.abandon(k)
+	}
+}

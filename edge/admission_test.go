@@ -230,3 +230,20 @@ func TestAdmitAllocs(t *testing.T) {
 		t.Fatalf("admit allocates %v times per order", n)
 	}
 }
+
+func TestRateLimitCheckAllocs(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Loops = 2
+	l, err := newLimiters(&cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, ip := []byte("user-1"), [16]byte{15: 1}
+	i := int64(0)
+	if n := testing.AllocsPerRun(1000, func() {
+		i += int64(time.Second) // keep every bucket refilled
+		l.check(1, user, ip, i)
+	}); n != 0 {
+		t.Fatalf("rate limit check allocates %v times", n)
+	}
+}

@@ -64,6 +64,11 @@ type Config struct {
 	RecentOrdersBytes int
 	// IdempotencyBytes sizes the Idempotency-Key cache (oldest keys go first).
 	IdempotencyBytes int
+
+	// Rate limits on orders and order reads (429 past them).
+	RateGlobal  RateLimit // whole edge, split evenly across event loops
+	RatePerIP   RateLimit // per client IP (mind carrier-grade NAT: many buyers, one IP)
+	RatePerUser RateLimit // per user id
 }
 
 // DefaultConfig returns the defaults.
@@ -89,6 +94,10 @@ func DefaultConfig() Config {
 		MaxReadsInFlight:    256,
 		RecentOrdersBytes:   64 << 20,
 		IdempotencyBytes:    64 << 20, // ~400K keys of ~150 bytes
+		// Generous defaults: protection against floods, not traffic shaping.
+		RateGlobal:  RateLimit{Rate: 500_000, Burst: 100_000},
+		RatePerIP:   RateLimit{Rate: 2000, Burst: 4000, Slots: 1 << 20}, // 8 MiB
+		RatePerUser: RateLimit{Rate: 20, Burst: 40, Slots: 1 << 20},     // 8 MiB
 	}
 }
 
@@ -113,7 +122,18 @@ func init() {
 	flag.DurationVar(&flagConfig.DeliveryTimeout, "edge.deliveryTimeout", flagConfig.DeliveryTimeout, "an order not acked by Kafka by then is answered 503 and reconciled later")
 	flag.IntVar(&flagConfig.MaxReadsInFlight, "edge.maxReadsInFlight", flagConfig.MaxReadsInFlight, "concurrent ledger reads for GET /v1/orders/{id}; past it 503")
 	flag.IntVar(&flagConfig.IdempotencyBytes, "edge.idempotencyBytes", flagConfig.IdempotencyBytes, "memory of the Idempotency-Key cache; a retry after its key was evicted is a new order (the ledger's backstop catches it)")
+	rateFlags("edge.rateGlobal", &flagConfig.RateGlobal, "all orders and reads of this edge")
+	rateFlags("edge.ratePerIP", &flagConfig.RatePerIP, "orders and reads per client IP")
+	rateFlags("edge.ratePerUser", &flagConfig.RatePerUser, "orders and reads per user")
 	flag.IntVar(&flagConfig.RecentOrdersBytes, "edge.recentOrdersBytes", flagConfig.RecentOrdersBytes, "memory of the recent-orders cache (answers \"accepted\" until the ledger has an order)")
+}
+
+func rateFlags(name string, l *RateLimit, what string) {
+	flag.Float64Var(&l.Rate, name, l.Rate, "token-bucket rate per second for "+what+"; 0 turns the limit off")
+	flag.IntVar(&l.Burst, name+"Burst", l.Burst, "token-bucket burst for "+what)
+	if l.Slots > 0 {
+		flag.IntVar(&l.Slots, name+"Slots", l.Slots, "buckets of the "+name+" table, 8 bytes each; colliding keys share one (limits more, never less)")
+	}
 }
 
 // JWT flags: key material is read at start.

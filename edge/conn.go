@@ -68,6 +68,7 @@ type connState struct {
 	scratch  []byte
 	admit    admitScratch
 	user     []byte // the verified user id (--auth jwt)
+	hdr      []byte // extra response header lines
 }
 
 func newConnState(srv *Server, c gnet.Conn, shard *shard, peer netip.Addr) *connState {

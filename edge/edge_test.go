@@ -419,3 +419,28 @@ func TestAdminToken(t *testing.T) {
 		}
 	}
 }
+
+// Past a user's burst orders get 429 with Retry-After and the RateLimit
+// headers; other users are not affected.
+func TestRateLimitedOrders(t *testing.T) {
+	kf := testenv.Broker(t, 1)
+	s := startTestEdge(t, kf, "R-1", 1000, func(c *Config) {
+		c.RatePerUser = RateLimit{Rate: 1, Burst: 3, Slots: 1 << 10}
+	})
+	for i := 0; i < 3; i++ {
+		if code, _, body := postOrder(t, s.cfg.Addr, "rl-user", "R-1"); code != 202 {
+			t.Fatalf("order %d within the burst: %d %s", i, code, body)
+		}
+	}
+	code, h, body := postOrder(t, s.cfg.Addr, "rl-user", "R-1")
+	if code != 429 || h.Get("Retry-After") != "1" || !strings.Contains(body, "/rate-limited") ||
+		h.Get("RateLimit-Policy") != `"user";q=3;w=3` || !strings.HasPrefix(h.Get("RateLimit"), `"user";r=0;t=`) {
+		t.Fatalf("past the burst: %d %v %s", code, h, body)
+	}
+	if code, _, _ := postOrder(t, s.cfg.Addr, "other-user", "R-1"); code != 202 {
+		t.Fatalf("another user: %d", code)
+	}
+	if st, _ := s.SKU("R-1"); st.Remaining != 996 {
+		t.Fatalf("a refused order took stock: %d left, want 996", st.Remaining)
+	}
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/flashgate/flashgate/ledger"
 	"github.com/flashgate/flashgate/lib/order"
+	"github.com/flashgate/flashgate/lib/ratelimit"
 )
 
 var (
@@ -99,6 +100,19 @@ func (s *Server) identify(cs *connState, r *request, closeAfter bool) []byte {
 	return r.userID
 }
 
+// rateLimit applies the rate limits to a request of user from ip; past one
+// it answers 429 with Retry-After and the RateLimit headers, and returns false.
+func (s *Server) rateLimit(cs *connState, user []byte, ip netip.Addr, closeAfter bool) bool {
+	lim, ok := s.limits.check(cs.shard.idx, user, ip.As16(), time.Now().UnixNano())
+	if ok {
+		return true
+	}
+	lim.total.Inc()
+	cs.hdr = ratelimit.AppendHeaders(cs.hdr[:0], lim.name, lim.d, lim.limit.Burst, lim.limit.windowSec())
+	cs.problem(429, probRateLimited, lim.detail, respHeader{close: closeAfter, retryAfter: lim.d.RetryAfterSeconds(), extra: cs.hdr})
+	return false
+}
+
 // clientIP returns the client's address: the last X-Forwarded-For entry when
 // the peer is a trusted proxy, else the peer itself.
 func (s *Server) clientIP(cs *connState, r *request) netip.Addr {
@@ -133,6 +147,10 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 	if user == nil {
 		return
 	}
+	ip := s.clientIP(cs, r)
+	if !s.rateLimit(cs, user, ip, closeAfter) {
+		return
+	}
 	sku, qty, detail := parseOrderBody(r.body)
 	if detail != "" {
 		ordersInvalidTotal.Inc()
@@ -163,7 +181,6 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 	if closeAfter {
 		cs.closing = true
 	}
-	ip := s.clientIP(cs, r)
 	cs.scratch = ip.AppendTo(cs.scratch[:0])
 	sl.key = append(sl.key[:0], user...)
 	sl.userLen = len(user)
@@ -245,7 +262,7 @@ func definiteFailure(err error) bool {
 // The read runs off the event loop.
 func (s *Server) getOrder(cs *connState, r *request, id int64, closeAfter bool) {
 	user := s.identify(cs, r, closeAfter)
-	if user == nil {
+	if user == nil || !s.rateLimit(cs, user, s.clientIP(cs, r), closeAfter) {
 		return
 	}
 	select {

@@ -19,6 +19,7 @@ const (
 	probUnknownSKU     = "unknown-sku"
 	probSoldOut        = "sold-out"
 	probPurchaseLimit  = "purchase-limit"
+	probRateLimited    = "rate-limited"
 	probIdemMismatch   = "idempotency-mismatch"
 	probIdemInFlight   = "idempotency-in-flight"
 	probSaleNotActive  = "sale-not-active"
@@ -70,6 +71,7 @@ type respHeader struct {
 	locationID  int64  // appended to location when > 0
 	retryAfter  int    // seconds, when > 0
 	close       bool   // Connection: close
+	extra       []byte // whole header lines, each ending in CRLF
 }
 
 // appendResponse appends a whole HTTP/1.1 response to dst. It allocates
@@ -106,6 +108,7 @@ func appendResponse(dst []byte, status int, h *respHeader, body []byte) []byte {
 	if h.close {
 		dst = append(dst, "Connection: close\r\n"...)
 	}
+	dst = append(dst, h.extra...)
 	dst = append(dst, "\r\n"...)
 	return append(dst, body...)
 }

@@ -32,6 +32,7 @@ type Server struct {
 	purchases *purchaseTable
 	idem      *idemStore
 	jwt       *jwtVerifier // --auth jwt
+	limits    *limiters
 	// recent answers GET for orders accepted but not yet in the ledger.
 	recent *fastcache.Cache
 	gens   []*orderid.Generator // one per shard
@@ -76,6 +77,10 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 	}
 	for i := 0; i < cfg.loops(); i++ {
 		s.gens = append(s.gens, orderid.MustNew(cfg.NodeID, i))
+	}
+	var err error
+	if s.limits, err = newLimiters(&cfg); err != nil {
+		return nil, err
 	}
 	if cfg.Auth == "jwt" {
 		v, err := newJWTVerifier(cfg.JWT)

@@ -8,10 +8,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http/pprof"
 	"net/netip"
 	"os"
+	"sort"
 	"strings"
 	"time"
 
@@ -112,6 +114,7 @@ func (a *Admin) handle(ctx *fasthttp.RequestCtx) {
 	case path == "/metrics":
 		ctx.SetContentType("text/plain; version=0.0.4")
 		metrics.WritePrometheus(ctx, true)
+		a.srv.writeMetrics(ctx)
 	case strings.HasPrefix(path, "/debug/pprof/"):
 		if h, ok := pprofHandlers[path]; ok {
 			h(ctx)
@@ -272,4 +275,26 @@ func adminProblem(ctx *fasthttp.RequestCtx, status int, name, detail string) {
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("application/problem+json")
 	ctx.SetBody(appendProblem(nil, status, name, detail))
+}
+
+// writeMetrics writes the server's own gauges: each bounded table's use and
+// capacity, and per SKU the stock, the units remaining and the orders
+// accepted.
+func (s *Server) writeMetrics(w io.Writer) {
+	items := s.items.all()
+	fmt.Fprintf(w, "flashgate_edge_skus %d\nflashgate_edge_skus_capacity %d\n", len(items), s.cfg.MaxSKUs)
+	fmt.Fprintf(w, "flashgate_edge_purchase_slots_used %d\nflashgate_edge_purchase_slots_capacity %d\n", s.purchases.used.Load(), len(s.purchases.slots))
+	fmt.Fprintf(w, "flashgate_edge_connections_capacity %d\n", s.cfg.MaxConns)
+	fmt.Fprintf(w, "flashgate_edge_produces_in_flight %d\nflashgate_edge_kafka_buffered_records %d\nflashgate_edge_kafka_buffered_records_capacity %d\n",
+		s.produces.Load(), s.prod.BufferedProduceRecords(), s.cfg.MaxBufferedRecords)
+	skus := make([]string, 0, len(items))
+	for sku := range items {
+		skus = append(skus, sku)
+	}
+	sort.Strings(skus)
+	for _, sku := range skus {
+		it := items[sku] // SKUs are [A-Za-z0-9_.-]: safe in a label value
+		fmt.Fprintf(w, "flashgate_edge_sku_stock{sku=%q} %d\nflashgate_edge_sku_remaining{sku=%q} %d\nflashgate_edge_sku_accepted_total{sku=%q} %d\n",
+			sku, it.stock.Load(), sku, it.remaining(), sku, it.accepted.Load())
+	}
 }

@@ -32,6 +32,7 @@ type slot struct {
 	rec      kgo.Record
 	key, val []byte
 	orderID  int64
+	startNs  int64 // when the order was parsed
 	item     *saleItem
 	purchase *purchaseSlot // the buyer's counter, for SKUs with a per-user limit
 	idemK    []byte        // the idempotency cache key; empty without Idempotency-Key

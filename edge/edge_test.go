@@ -444,3 +444,28 @@ func TestRateLimitedOrders(t *testing.T) {
 		t.Fatalf("a refused order took stock: %d left, want 996", st.Remaining)
 	}
 }
+
+// /metrics shows the tables' use and capacity and each SKU's stock.
+func TestAdminMetrics(t *testing.T) {
+	kf := testenv.Broker(t, 1)
+	s := startTestEdge(t, kf, "MET-1", 7)
+	postOrder(t, s.cfg.Addr, "m1", "MET-1")
+	a, err := StartAdminWithToken("127.0.0.1:0", "", s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Stop(context.Background())
+	resp, err := http.Get("http://" + a.Addr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`flashgate_edge_sku_remaining{sku="MET-1"} 6`, `flashgate_edge_sku_accepted_total{sku="MET-1"} 1`,
+		"flashgate_edge_skus_capacity ", "flashgate_edge_purchase_slots_capacity ", `flashgate_edge_responses_total{code="202"}`,
+		"flashgate_edge_order_duration_seconds_bucket"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}

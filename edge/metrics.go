@@ -33,6 +33,7 @@ var (
 	limitedUserTotal      = metrics.NewCounter(`flashgate_edge_rate_limited_total{limit="user"}`)
 	limitedIPTotal        = metrics.NewCounter(`flashgate_edge_rate_limited_total{limit="ip"}`)
 	limitedGlobalTotal    = metrics.NewCounter(`flashgate_edge_rate_limited_total{limit="global"}`)
+	orderDuration         = metrics.NewHistogram(`flashgate_edge_order_duration_seconds`) // parse to 202 (Kafka ack)
 	readsRejectedTotal    = metrics.NewCounter(`flashgate_edge_reads_rejected_total`)
 	slowReaderCloseTotal  = metrics.NewCounter(`flashgate_edge_slow_reader_closes_total`)
 	connsOpenedTotal      = metrics.NewCounter(`flashgate_edge_connections_opened_total`)

@@ -162,7 +162,8 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 		cs.problem(400, probInvalidRequest, "Idempotency-Key must be 1-255 visible ASCII bytes", respHeader{close: closeAfter})
 		return
 	}
-	d := s.admit(cs.shard.idx, &cs.admit, user, sku, qty, r.idemKey, time.Now().UnixNano())
+	nowNs := time.Now().UnixNano()
+	d := s.admit(cs.shard.idx, &cs.admit, user, sku, qty, r.idemKey, nowNs)
 	switch {
 	case d.status == 202:
 		cs.respond(202, &respHeader{location: locationPrefix, locationID: d.replayID, close: closeAfter}, d.replay)
@@ -176,7 +177,7 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 
 	sl := cs.push()
 	sl.state.Store(slotPending)
-	sl.orderID, sl.item, sl.purchase, sl.qty, sl.close = id, it, d.purchase, qty, closeAfter
+	sl.orderID, sl.item, sl.purchase, sl.qty, sl.close, sl.startNs = id, it, d.purchase, qty, closeAfter, nowNs
 	sl.idemK, sl.idemHash = append(sl.idemK[:0], d.idemK...), d.idemHash
 	if closeAfter {
 		cs.closing = true
@@ -214,6 +215,7 @@ func (sl *slot) onProduced(_ *kgo.Record, err error) {
 	s := sl.cs.srv
 	defer s.produces.Add(-1)
 	if err == nil {
+		orderDuration.Update(float64(time.Now().UnixNano()-sl.startNs) / 1e9)
 		sl.item.accepted.Add(1)
 		ordersAcceptedTotal.Inc()
 		responsesTotal[202].Inc()

@@ -3,7 +3,9 @@
 # response (GET /healthz, 200, the same 15-byte JSON body), each pinned to CPU
 # 0 with one event loop / one worker, while wrk runs on CPU 1 with the same
 # command against each, alternating. Prints requests/s and p99 per run, the
-# medians, and edge/nginx ratios, without and with 16-deep pipelining.
+# medians, and edge/nginx ratios, without and with 16-deep pipelining; then
+# orders through admission with the Kafka hand-off off, against the same
+# nginx figure.
 #
 #   bash bench/http.sh [seconds per run, default 10] [rounds, default 3]
 set -euo pipefail
@@ -36,7 +38,7 @@ cleanup() {
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-EDGE_PORT=$(port); NGINX_PORT=$(port)
+EDGE_PORT=$(port); NGINX_PORT=$(port); ADMIN_PORT=$(port)
 
 # nginx: one worker, keep-alive without limits, the edge's body.
 cat > "$work/nginx.conf" <<CONF
@@ -58,13 +60,30 @@ http {
 CONF
 taskset -c 0 nginx -c "$work/nginx.conf" -e "$work/nginx-error.log"
 
-# The edge: the whole dev stack (it idles but for the edge), on CPU 0, one event loop.
+# The edge: the whole dev stack (it idles but for the edge), on CPU 0, one
+# event loop. -edge.unsafeNoKafka answers orders right after admission (the
+# "orders" mode measures HTTP + admission, not Kafka); wrk comes from one IP,
+# so the per-IP limit is off.
 make -s build
 taskset -c 0 ./bin/flashgate dev --data-dir "$work/dev" --edge-addr "127.0.0.1:$EDGE_PORT" \
-  --admin-addr 127.0.0.1:0 --kafka-addr 127.0.0.1:0 -edge.loops 1 -log.level warn > "$work/dev.log" 2>&1 &
+  --admin-addr "127.0.0.1:$ADMIN_PORT" --kafka-addr 127.0.0.1:0 -edge.loops 1 -log.level error \
+  -edge.unsafeNoKafka -edge.ratePerIP 0 > "$work/dev.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$EDGE_PORT/healthz" >/dev/null && break; sleep 0.2; done
 curl -sf "http://127.0.0.1:$EDGE_PORT/healthz" >/dev/null || { echo "edge did not start:"; cat "$work/dev.log"; exit 1; }
+
+curl -sf -X PUT "http://127.0.0.1:$ADMIN_PORT/admin/v1/skus/BENCH" -d '{"stock": 1000000000000, "price_cents": 100, "per_user_limit": 0}' >/dev/null
+
+# POST /v1/orders from 100K rotating users (each well under its rate limit).
+cat > "$work/orders.lua" <<'LUA'
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", "/v1/orders",
+    {["X-User-ID"] = "u" .. (counter % 100000), ["Content-Type"] = "application/json"},
+    '{"sku":"BENCH","qty":1}')
+end
+LUA
 
 cat > "$work/pipeline.lua" <<'LUA'
 init = function(args)
@@ -75,11 +94,12 @@ end
 request = function() return req end
 LUA
 
-# run NAME PORT [wrk args...]: prints "req/s p99_us"
+# run PORT [wrk args...]: prints "req/s p99_us"
 run() {
   local port=$1; shift
   local out
   out=$(taskset -c 1 wrk -t1 -c$CONNS -d"${SECS}s" --latency "$@" "http://127.0.0.1:$port/healthz")
+  if grep -q "Non-2xx" <<<"$out"; then echo "wrk saw errors:" >&2; echo "$out" >&2; exit 1; fi
   local rps p99
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000}}' <<<"$out")
@@ -101,12 +121,22 @@ for mode in keepalive pipeline16; do
     done
   done
 done
+# Orders through admission (no Kafka) on the edge, against nginx's fixed response above.
+: > "$work/edge.orders"
+for r in $(seq "$ROUNDS"); do
+  res=$(run "$EDGE_PORT" -s "$work/orders.lua")
+  echo "$res" >> "$work/edge.orders"
+  printf "%-22s %-6s %14s %10s\n" "orders (run $r)" edge $res
+done
+
 echo
 printf "%-12s %16s %16s %8s %12s %12s\n" mode "edge req/s" "nginx req/s" ratio "edge p99µs" "nginx p99µs"
-for mode in keepalive pipeline16; do
-  e=$(cut -d' ' -f1 "$work/edge.$mode" | median); n=$(cut -d' ' -f1 "$work/nginx.$mode" | median)
-  ep=$(cut -d' ' -f2 "$work/edge.$mode" | median); np=$(cut -d' ' -f2 "$work/nginx.$mode" | median)
+for mode in keepalive pipeline16 orders; do
+  ref=$mode; [ $mode = orders ] && ref=keepalive # orders compare with nginx's fixed response
+  e=$(cut -d' ' -f1 "$work/edge.$mode" | median); n=$(cut -d' ' -f1 "$work/nginx.$ref" | median)
+  ep=$(cut -d' ' -f2 "$work/edge.$mode" | median); np=$(cut -d' ' -f2 "$work/nginx.$ref" | median)
   if [ $mode = pipeline16 ]; then ep="n/a"; np="n/a"; fi # wrk's percentiles are broken with pipelining
   printf "%-12s %16.0f %16.0f %7.2fx %12s %12s\n" $mode "$e" "$n" "$(awk -v a="$e" -v b="$n" 'BEGIN {print a/b}')" "$ep" "$np"
 done
-echo "(medians of $ROUNDS runs of ${SECS}s; wrk -t1 -c$CONNS on CPU 1, server on CPU 0; p99 from wrk --latency)"
+echo "(medians of $ROUNDS runs of ${SECS}s; wrk -t1 -c$CONNS on CPU 1, server on CPU 0; p99 from wrk --latency;"
+echo " orders = POST /v1/orders through parse, identity, rate limits and admission with the Kafka hand-off off)"

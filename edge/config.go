@@ -65,6 +65,10 @@ type Config struct {
 	// IdempotencyBytes sizes the Idempotency-Key cache (oldest keys go first).
 	IdempotencyBytes int
 
+	// UnsafeNoKafka answers 202 right after admission without producing: for
+	// measuring the HTTP + admission path alone. Orders are NOT recorded.
+	UnsafeNoKafka bool
+
 	// Rate limits on orders and order reads (429 past them).
 	RateGlobal  RateLimit // whole edge, split evenly across event loops
 	RatePerIP   RateLimit // per client IP (mind carrier-grade NAT: many buyers, one IP)
@@ -122,6 +126,7 @@ func init() {
 	flag.DurationVar(&flagConfig.DeliveryTimeout, "edge.deliveryTimeout", flagConfig.DeliveryTimeout, "an order not acked by Kafka by then is answered 503 and reconciled later")
 	flag.IntVar(&flagConfig.MaxReadsInFlight, "edge.maxReadsInFlight", flagConfig.MaxReadsInFlight, "concurrent ledger reads for GET /v1/orders/{id}; past it 503")
 	flag.IntVar(&flagConfig.IdempotencyBytes, "edge.idempotencyBytes", flagConfig.IdempotencyBytes, "memory of the Idempotency-Key cache; a retry after its key was evicted is a new order (the ledger's backstop catches it)")
+	flag.BoolVar(&flagConfig.UnsafeNoKafka, "edge.unsafeNoKafka", false, "BENCHMARKS ONLY: answer 202 after admission without producing to Kafka; accepted orders are lost")
 	rateFlags("edge.rateGlobal", &flagConfig.RateGlobal, "all orders and reads of this edge")
 	rateFlags("edge.ratePerIP", &flagConfig.RatePerIP, "orders and reads per client IP")
 	rateFlags("edge.ratePerUser", &flagConfig.RatePerUser, "orders and reads per user")

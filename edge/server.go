@@ -146,6 +146,9 @@ func (s *Server) LoadSaleItems(ctx context.Context) error {
 
 // Start serves HTTP on cfg.Addr and returns once the listener is up.
 func (s *Server) Start() error {
+	if s.cfg.UnsafeNoKafka {
+		slog.Warn("edge: -edge.unsafeNoKafka is set: orders are answered 202 WITHOUT being recorded anywhere; for benchmarks only")
+	}
 	go func() {
 		s.runErr <- gnet.Run(s, "tcp://"+s.cfg.Addr,
 			gnet.WithMulticore(true),
@@ -303,6 +306,7 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 			consumed += n
 		}
 		_, _ = c.Discard(consumed)
+		cs.flushReady() // what completed during the parse (refusals behind pending orders, inline completions)
 		left := len(buf) - consumed
 		s.touch(cs, left > 0)
 		if left > s.maxInbound {

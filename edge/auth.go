@@ -91,7 +91,7 @@ func newJWTVerifier(cfg JWTConfig) (*jwtVerifier, error) {
 func (v *jwtVerifier) user(auth, buf []byte) ([]byte, error) {
 	tok, ok := bytes.CutPrefix(auth, []byte("Bearer "))
 	if !ok || len(tok) == 0 {
-		return nil, errors.New("Authorization: Bearer <JWT> required")
+		return nil, errors.New("an Authorization: Bearer <JWT> header is required")
 	}
 	var k [16]byte
 	binary.LittleEndian.PutUint64(k[:8], maphash.Bytes(v.seed1, tok))

@@ -51,10 +51,20 @@ func startTestEdge(t *testing.T, kf *broker.Embedded, sku string, stock int64, t
 	return s
 }
 
+// postOrder orders one unit of sku as user.
 func postOrder(t *testing.T, addr, user, sku string) (int, http.Header, string) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/orders", strings.NewReader(fmt.Sprintf(`{"sku":%q,"qty":1}`, sku)))
+	return post(t, addr, user, "", fmt.Sprintf(`{"sku":%q,"qty":1}`, sku))
+}
+
+// post sends POST /v1/orders with an optional Idempotency-Key.
+func post(t *testing.T, addr, user, idemKey, body string) (int, http.Header, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/orders", strings.NewReader(body))
 	req.Header.Set("X-User-ID", user)
+	if idemKey != "" {
+		req.Header.Set("Idempotency-Key", idemKey)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -3,8 +3,6 @@ package edge
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,28 +21,18 @@ type orderResult struct {
 
 func postIdem(t *testing.T, addr, user, key, body string) orderResult {
 	t.Helper()
-	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/orders", strings.NewReader(body))
-	req.Header.Set("X-User-ID", user)
-	if key != "" {
-		req.Header.Set("Idempotency-Key", key)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	code, h, b := post(t, addr, user, key, body)
 	var v struct {
 		OrderID string `json:"order_id"`
 		Type    string `json:"type"`
 	}
-	if err := json.Unmarshal(b, &v); err != nil {
+	if err := json.Unmarshal([]byte(b), &v); err != nil {
 		t.Fatalf("response not JSON: %q", b)
 	}
-	if resp.StatusCode == 202 && resp.Header.Get("Location") != "/v1/orders/"+v.OrderID {
-		t.Fatalf("202 Location %q for order %s", resp.Header.Get("Location"), v.OrderID)
+	if code == 202 && h.Get("Location") != "/v1/orders/"+v.OrderID {
+		t.Fatalf("202 Location %q for order %s", h.Get("Location"), v.OrderID)
 	}
-	return orderResult{resp.StatusCode, v.OrderID, v.Type[strings.LastIndexByte(v.Type, '/')+1:]}
+	return orderResult{code, v.OrderID, v.Type[strings.LastIndexByte(v.Type, '/')+1:]}
 }
 
 // A retry gets the first response and takes no stock; a different order under

@@ -242,7 +242,7 @@ func TestRateLimitCheckAllocs(t *testing.T) {
 	i := int64(0)
 	if n := testing.AllocsPerRun(1000, func() {
 		i += int64(time.Second) // keep every bucket refilled
-		l.check(1, user, ip, i)
+		l.check(1, user, ip, nil, i)
 	}); n != 0 {
 		t.Fatalf("rate limit check allocates %v times", n)
 	}

@@ -73,6 +73,9 @@ type Config struct {
 	RateGlobal  RateLimit // whole edge, split evenly across event loops
 	RatePerIP   RateLimit // per client IP (mind carrier-grade NAT: many buyers, one IP)
 	RatePerUser RateLimit // per user id
+	// APIKeys are partners' keys (X-API-Key) with their own limits; a
+	// request with a key is limited by it instead of by its client IP.
+	APIKeys map[string]RateLimit
 }
 
 // DefaultConfig returns the defaults.
@@ -148,6 +151,7 @@ var (
 	jwtEdDSAKeys       = flag.String("auth.eddsaPublicKey", "", "PEM file(s) of Ed25519 public keys for --auth jwt, comma-separated for rotation")
 	jwtIssuer          = flag.String("auth.issuer", "", "required \"iss\" of tokens (empty: not checked)")
 	jwtAudience        = flag.String("auth.audience", "", "required \"aud\" of tokens (empty: not checked)")
+	apiKeysFile        = flag.String("edge.apiKeysFile", "", "partner API keys, one per line: \"<key> <rate per second> <burst>\"; requests with X-API-Key are limited by their key instead of their IP, unknown keys get 401")
 	jwtLeeway          = flag.Duration("auth.leeway", 30*time.Second, "clock skew allowed on exp and nbf")
 )
 
@@ -155,6 +159,13 @@ var (
 // reading the JWT key files they name.
 func FlagConfig() (Config, error) {
 	c := flagConfig
+	if *apiKeysFile != "" {
+		keys, err := LoadAPIKeys(*apiKeysFile)
+		if err != nil {
+			return c, fmt.Errorf("-edge.apiKeysFile: %w", err)
+		}
+		c.APIKeys = keys
+	}
 	c.JWT = JWTConfig{Issuer: *jwtIssuer, Audience: *jwtAudience, Leeway: *jwtLeeway, CacheBytes: 32 << 20}
 	secrets := strings.Split(*jwtHS256Secret, ",")
 	if *jwtHS256SecretFile != "" {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -476,6 +477,69 @@ func TestAdminMetrics(t *testing.T) {
 		"flashgate_edge_order_duration_seconds_bucket"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+// A partner's API key has its own limit, in place of the per-IP one; an
+// unknown key is refused.
+func TestAPIKeyLimits(t *testing.T) {
+	kf := testenv.Broker(t, 1)
+	const partner = "partner-key-0123456789"
+	s := startTestEdge(t, kf, "K-1", 1000, func(c *Config) {
+		c.RatePerIP = RateLimit{Rate: 1, Burst: 2, Slots: 1 << 10}
+		c.APIKeys = map[string]RateLimit{partner: {Rate: 1, Burst: 5}}
+	})
+	order := func(user, key string) (int, http.Header) {
+		req, _ := http.NewRequest("POST", "http://"+s.cfg.Addr+"/v1/orders", strings.NewReader(`{"sku":"K-1","qty":1}`))
+		req.Header.Set("X-User-ID", user)
+		if key != "" {
+			req.Header.Set("X-API-Key", key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, resp.Header
+	}
+	// From this IP without a key: the per-IP burst of 2.
+	for i, want := range []int{202, 202, 429} {
+		if code, _ := order(fmt.Sprint("ip-user-", i), ""); code != want {
+			t.Fatalf("order %d without a key: %d, want %d", i, code, want)
+		}
+	}
+	// With the partner's key: its own burst of 5, whatever the IP did.
+	for i := 0; i < 5; i++ {
+		if code, _ := order(fmt.Sprint("partner-user-", i), partner); code != 202 {
+			t.Fatalf("partner order %d: %d", i, code)
+		}
+	}
+	if code, h := order("partner-user-9", partner); code != 429 || !strings.HasPrefix(h.Get("RateLimit"), `"api-key";r=0`) {
+		t.Fatalf("partner past its burst: %d %v", code, h)
+	}
+	if code, _ := order("someone", "invented-key-0123456789"); code != 401 {
+		t.Fatalf("unknown API key: %d, want 401", code)
+	}
+}
+
+func TestLoadAPIKeys(t *testing.T) {
+	dir := t.TempDir()
+	write := func(body string) string {
+		p := dir + "/keys"
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	keys, err := LoadAPIKeys(write("# partners\npartner-a-0123456789 100 200\n\npartner-b-0123456789 0.5 1\n"))
+	if err != nil || len(keys) != 2 || keys["partner-b-0123456789"] != (RateLimit{Rate: 0.5, Burst: 1}) {
+		t.Fatalf("LoadAPIKeys = %v, %v", keys, err)
+	}
+	for _, bad := range []string{"short 1 1\n", "partner-a-0123456789 x 1\n", "partner-a-0123456789 1\n", "partner-a-0123456789 1 1\npartner-a-0123456789 2 2\n", "partner-a-0123456789 -1 1\n"} {
+		if _, err := LoadAPIKeys(write(bad)); err == nil {
+			t.Errorf("accepted %q", bad)
 		}
 	}
 }

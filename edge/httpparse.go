@@ -19,6 +19,7 @@ type request struct {
 	idemKey []byte
 	xff     []byte
 	auth    []byte
+	apiKey  []byte
 }
 
 // parseLimits are the protocol limits the parser enforces.
@@ -148,6 +149,8 @@ func parseOne(buf []byte, r *request, lim *parseLimits) (n int, status int) {
 			r.xff = value // the last field wins; entries are comma-separated
 		case equalFold(name, "authorization"):
 			r.auth = value
+		case equalFold(name, "x-api-key"):
+			r.apiKey = value
 		}
 	}
 	switch {

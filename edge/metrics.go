@@ -32,6 +32,7 @@ var (
 	drainRefusedTotal     = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="draining"}`)
 	limitedUserTotal      = metrics.NewCounter(`flashgate_edge_rate_limited_total{limit="user"}`)
 	limitedIPTotal        = metrics.NewCounter(`flashgate_edge_rate_limited_total{limit="ip"}`)
+	limitedAPIKeyTotal    = metrics.NewCounter(`flashgate_edge_rate_limited_total{limit="api-key"}`)
 	limitedGlobalTotal    = metrics.NewCounter(`flashgate_edge_rate_limited_total{limit="global"}`)
 	orderDuration         = metrics.NewHistogram(`flashgate_edge_order_duration_seconds`) // parse to 202 (Kafka ack)
 	readsRejectedTotal    = metrics.NewCounter(`flashgate_edge_reads_rejected_total`)

@@ -102,10 +102,15 @@ func (s *Server) identify(cs *connState, r *request, closeAfter bool) []byte {
 
 // rateLimit applies the rate limits to a request of user from ip; past one
 // it answers 429 with Retry-After and the RateLimit headers, and returns false.
-func (s *Server) rateLimit(cs *connState, user []byte, ip netip.Addr, closeAfter bool) bool {
-	lim, ok := s.limits.check(cs.shard.idx, user, ip.As16(), time.Now().UnixNano())
+func (s *Server) rateLimit(cs *connState, user []byte, ip netip.Addr, apiKey []byte, closeAfter bool) bool {
+	lim, ok := s.limits.check(cs.shard.idx, user, ip.As16(), apiKey, time.Now().UnixNano())
 	if ok {
 		return true
+	}
+	if lim.total == nil { // an unknown API key
+		authFailuresTotal.Inc()
+		cs.problem(401, probUnauthorized, lim.detail, respHeader{close: closeAfter})
+		return false
 	}
 	lim.total.Inc()
 	cs.hdr = ratelimit.AppendHeaders(cs.hdr[:0], lim.name, lim.d, lim.limit.Burst, lim.limit.windowSec())
@@ -148,7 +153,7 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 		return
 	}
 	ip := s.clientIP(cs, r)
-	if !s.rateLimit(cs, user, ip, closeAfter) {
+	if !s.rateLimit(cs, user, ip, r.apiKey, closeAfter) {
 		return
 	}
 	sku, qty, detail := parseOrderBody(r.body)
@@ -275,7 +280,7 @@ func definiteFailure(err error) bool {
 // The read runs off the event loop.
 func (s *Server) getOrder(cs *connState, r *request, id int64, closeAfter bool) {
 	user := s.identify(cs, r, closeAfter)
-	if user == nil || !s.rateLimit(cs, user, s.clientIP(cs, r), closeAfter) {
+	if user == nil || !s.rateLimit(cs, user, s.clientIP(cs, r), r.apiKey, closeAfter) {
 		return
 	}
 	select {

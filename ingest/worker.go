@@ -24,6 +24,7 @@ var (
 	rowsNewTotal   = metrics.NewCounter(`flashgate_ingest_rows_inserted_total`)
 	stagedTotal    = metrics.NewCounter(`flashgate_ingest_staging_fallbacks_total`)
 	dlqTotal       = metrics.NewCounter(`flashgate_ingest_dlq_total`)
+	dupsTotal      = metrics.NewCounter(`flashgate_ingest_duplicate_idempotency_keys_total`)
 	dbErrorsTotal  = metrics.NewCounter(`flashgate_ingest_db_errors_total`)
 	commitErrTotal = metrics.NewCounter(`flashgate_ingest_offset_commit_errors_total`)
 	batchDuration  = metrics.NewHistogram(`flashgate_ingest_batch_duration_seconds`)
@@ -173,6 +174,10 @@ func (w *worker) handle(ctx context.Context, recs []*kgo.Record) error {
 	rowsNewTotal.Add(int(res.Inserted))
 	if res.Staged {
 		stagedTotal.Inc()
+	}
+	if res.Duplicates > 0 {
+		dupsTotal.Add(int(res.Duplicates))
+		slog.Warn("ingest: orders cancelled as duplicates of an earlier order with the same Idempotency-Key (the key had left the edge's cache; see -edge.idempotencyBytes)", "orders", res.Duplicates)
 	}
 	batchDuration.UpdateDuration(start)
 	// The rows are durable: now the offsets may move. A failure here only

@@ -145,3 +145,44 @@ func TestSaleItemsAndTakenUnits(t *testing.T) {
 		t.Fatalf("LoadSaleItems = %+v, %v; want stock 20, taken 3", items, err)
 	}
 }
+
+// One Idempotency-Key never makes two live orders: a later order under a key
+// already recorded for another order is cancelled; redeliveries are not
+// duplicates.
+func TestIdempotencyBackstop(t *testing.T) {
+	pool, _ := testenv.Ledger(t)
+	ctx := context.Background()
+	gen := orderid.MustNew(0, 3)
+	mk := func(user, key string) order.Order {
+		id := gen.Next()
+		return order.Order{ID: id, UserID: user, SKU: "S", Qty: 1, PriceCents: 1, IdemKey: key, CreatedAt: orderid.Time(id)}
+	}
+	first, again, other, plain := mk("u1", "k1"), mk("u1", "k1"), mk("u2", "k1"), mk("u1", "")
+	res, err := ledger.InsertOrders(ctx, pool, []order.Order{first, other, plain})
+	if err != nil || res.Duplicates != 0 {
+		t.Fatalf("first batch: %+v, %v", res, err)
+	}
+	res, err = ledger.InsertOrders(ctx, pool, []order.Order{again})
+	if err != nil || res.Duplicates != 1 {
+		t.Fatalf("a second order under u1/k1: %+v, %v; want 1 duplicate", res, err)
+	}
+	// Redelivering everything changes nothing more.
+	res, err = ledger.InsertOrders(ctx, pool, []order.Order{first, other, plain, again})
+	if err != nil || res.Duplicates != 0 || res.Inserted != 0 {
+		t.Fatalf("redelivery: %+v, %v", res, err)
+	}
+	// Two orders under one key in one batch: one stays.
+	a, b := mk("u3", "k9"), mk("u3", "k9")
+	if res, err = ledger.InsertOrders(ctx, pool, []order.Order{a, b}); err != nil || res.Duplicates != 1 {
+		t.Fatalf("same key twice in a batch: %+v, %v", res, err)
+	}
+	for _, c := range []struct {
+		o    order.Order
+		want string
+	}{{first, "pending_payment"}, {other, "pending_payment"}, {plain, "pending_payment"}, {again, "cancelled"}, {a, "pending_payment"}, {b, "cancelled"}} {
+		r, err := ledger.GetOrder(ctx, pool, c.o.ID)
+		if err != nil || r.Status != c.want {
+			t.Errorf("order %d (%s/%s): %q, %v; want %q", c.o.ID, c.o.UserID, c.o.IdemKey, r.Status, err, c.want)
+		}
+	}
+}

@@ -65,12 +65,14 @@ func nullable(s string) any {
 
 // InsertResult says what InsertOrders did.
 type InsertResult struct {
-	Inserted int64 // rows new to the ledger
-	Staged   bool  // the batch went through the staging (dedupe) path
+	Inserted   int64 // rows new to the ledger
+	Staged     bool  // the batch went through the staging (dedupe) path
+	Duplicates int64 // orders cancelled because their Idempotency-Key belonged to another order
 }
 
 // InsertOrders writes a batch of orders in one transaction with
-// synchronous_commit=on, exactly once per order id:
+// synchronous_commit=on, exactly once per order id, together with their
+// idempotency keys (see recordKeys):
 //
 //   - first optimistically, COPY straight into the partitioned table;
 //   - if that hits a unique violation (a redelivery after a crash or a
@@ -85,14 +87,14 @@ func InsertOrders(ctx context.Context, pool *pgxpool.Pool, os []order.Order) (In
 		return InsertResult{}, nil
 	}
 	for attempt := 0; ; attempt++ {
-		n, err := copyOrders(ctx, pool, os)
+		n, dups, err := copyOrders(ctx, pool, os)
 		if err == nil {
-			return InsertResult{Inserted: n}, nil
+			return InsertResult{Inserted: n, Duplicates: dups}, nil
 		}
 		if IsUniqueViolation(err) {
-			n, err = stageOrders(ctx, pool, os)
+			n, dups, err = stageOrders(ctx, pool, os)
 			if err == nil {
-				return InsertResult{Inserted: n, Staged: true}, nil
+				return InsertResult{Inserted: n, Staged: true, Duplicates: dups}, nil
 			}
 		}
 		if IsNoPartition(err) && attempt == 0 {
@@ -132,37 +134,76 @@ func beginSync(ctx context.Context, pool *pgxpool.Pool) (pgx.Tx, error) {
 	return tx, nil
 }
 
-func copyOrders(ctx context.Context, pool *pgxpool.Pool, os []order.Order) (int64, error) {
+func copyOrders(ctx context.Context, pool *pgxpool.Pool, os []order.Order) (n, dups int64, err error) {
 	tx, err := beginSync(ctx, pool)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer tx.Rollback(ctx)
-	n, err := tx.CopyFrom(ctx, pgx.Identifier{"orders"}, orderColumns, &orderRows{os: os})
-	if err != nil {
-		return 0, err
+	if n, err = tx.CopyFrom(ctx, pgx.Identifier{"orders"}, orderColumns, &orderRows{os: os}); err != nil {
+		return 0, 0, err
 	}
-	return n, tx.Commit(ctx)
+	if dups, err = recordKeys(ctx, tx, os); err != nil {
+		return 0, 0, err
+	}
+	return n, dups, tx.Commit(ctx)
 }
 
-func stageOrders(ctx context.Context, pool *pgxpool.Pool, os []order.Order) (int64, error) {
+// recordKeys records the batch's idempotency keys and cancels the orders
+// whose key already belongs to another order (the edge admitted a retry
+// after the key left its cache). It returns how many it cancelled. A
+// redelivered order finds its key with its own id: not a duplicate.
+func recordKeys(ctx context.Context, tx pgx.Tx, os []order.Order) (int64, error) {
+	var ids []int64
+	var created []time.Time
+	var users, keys []string
+	for i := range os {
+		if os[i].IdemKey != "" {
+			ids = append(ids, os[i].ID)
+			created = append(created, os[i].CreatedAt)
+			users = append(users, os[i].UserID)
+			keys = append(keys, os[i].IdemKey)
+		}
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (user_id, idempotency_key, order_id)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ON CONFLICT DO NOTHING`, users, keys, ids); err != nil {
+		return 0, fmt.Errorf("recording idempotency keys: %w", err)
+	}
+	tag, err := tx.Exec(ctx, `UPDATE orders o SET status = 'cancelled', version = o.version + 1, updated_at = now()
+		FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[]) AS b(order_id, created_at, user_id, k)
+		JOIN idempotency_keys ik ON ik.user_id = b.user_id AND ik.idempotency_key = b.k
+		WHERE o.order_id = b.order_id AND o.created_at = b.created_at
+			AND ik.order_id <> b.order_id AND o.status = 'pending_payment'`, ids, created, users, keys)
+	if err != nil {
+		return 0, fmt.Errorf("cancelling duplicate orders: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+func stageOrders(ctx context.Context, pool *pgxpool.Pool, os []order.Order) (n, dups int64, err error) {
 	tx, err := beginSync(ctx, pool)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer tx.Rollback(ctx)
 	if _, err := tx.Exec(ctx, `CREATE TEMP TABLE orders_staging
 		(LIKE orders INCLUDING DEFAULTS) ON COMMIT DROP`); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"orders_staging"}, orderColumns, &orderRows{os: os}); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	tag, err := tx.Exec(ctx, `INSERT INTO orders SELECT * FROM orders_staging ON CONFLICT DO NOTHING`)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return tag.RowsAffected(), tx.Commit(ctx)
+	if dups, err = recordKeys(ctx, tx, os); err != nil {
+		return 0, 0, err
+	}
+	return tag.RowsAffected(), dups, tx.Commit(ctx)
 }
 
 // Record is an order as the ledger holds it.

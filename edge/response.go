@@ -128,7 +128,7 @@ func appendProblem(dst []byte, status int, name, detail string) []byte {
 	return append(dst, '}')
 }
 
-// problemFor names the problem of a protocol-level refusal.
+// protocolDetail explains a protocol-level refusal and names the flag to change.
 func protocolDetail(status int) string {
 	switch status {
 	case 400:

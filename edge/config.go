@@ -59,9 +59,10 @@ type Config struct {
 
 	// MaxReadsInFlight bounds concurrent ledger reads (GET /v1/orders/{id}).
 	MaxReadsInFlight int
-	// RecentOrdersBytes sizes the cache answering "accepted" for orders not
-	// yet in the ledger.
-	RecentOrdersBytes int
+	// RecentOrders sizes the table answering "accepted" for orders not yet in
+	// the ledger (144 bytes an entry): keep it above the orders accepted
+	// during the longest ingest lag you plan for.
+	RecentOrders int
 	// IdempotencyBytes sizes the Idempotency-Key cache (oldest keys go first).
 	IdempotencyBytes int
 
@@ -99,7 +100,7 @@ func DefaultConfig() Config {
 		MaxBufferedRecords:  100_000,
 		DeliveryTimeout:     5 * time.Second,
 		MaxReadsInFlight:    256,
-		RecentOrdersBytes:   64 << 20,
+		RecentOrders:        1 << 18,  // 36 MiB: 2.6 s of orders at 100K/s
 		IdempotencyBytes:    64 << 20, // ~400K keys of ~150 bytes
 		// Generous defaults: protection against floods, not traffic shaping.
 		RateGlobal:  RateLimit{Rate: 500_000, Burst: 100_000},
@@ -133,7 +134,7 @@ func init() {
 	rateFlags("edge.rateGlobal", &flagConfig.RateGlobal, "all orders and reads of this edge")
 	rateFlags("edge.ratePerIP", &flagConfig.RatePerIP, "orders and reads per client IP")
 	rateFlags("edge.ratePerUser", &flagConfig.RatePerUser, "orders and reads per user")
-	flag.IntVar(&flagConfig.RecentOrdersBytes, "edge.recentOrdersBytes", flagConfig.RecentOrdersBytes, "memory of the recent-orders cache (answers \"accepted\" until the ledger has an order)")
+	flag.IntVar(&flagConfig.RecentOrders, "edge.recentOrders", flagConfig.RecentOrders, "entries (144 bytes each) of the recent-orders table that answers \"accepted\" until the ledger has an order; cover the longest ingest lag you plan for")
 }
 
 func rateFlags(name string, l *RateLimit, what string) {
@@ -246,6 +247,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("edge: -edge.headerReadTimeout and -edge.idleTimeout must be at least %v", tickInterval)
 	case c.PurchaseSlots < maxProbeSlots:
 		return fmt.Errorf("edge: -edge.purchaseSlots must be at least %d", maxProbeSlots)
+	case c.RecentOrders < 1:
+		return fmt.Errorf("edge: -edge.recentOrders must be positive")
 	case c.MaxSKUs < 1 || c.MaxBufferedRecords < 1 || c.MaxReadsInFlight < 1:
 		return fmt.Errorf("edge: -edge.maxSKUs, -edge.maxBufferedRecords and -edge.maxReadsInFlight must be positive")
 	}

@@ -31,6 +31,7 @@ type slot struct {
 	// The order in flight (reused across requests: no allocation per order).
 	rec      kgo.Record
 	key, val []byte
+	sku      []byte
 	orderID  int64
 	startNs  int64 // when the order was parsed
 	item     *saleItem

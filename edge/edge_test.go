@@ -543,3 +543,42 @@ func TestLoadAPIKeys(t *testing.T) {
 		}
 	}
 }
+
+// Until ingest has written an order, GET answers "accepted" from the
+// recent-orders table, to its owner only.
+func TestGetAcceptedBeforeLedger(t *testing.T) {
+	kf := testenv.Broker(t, 1)
+	pool, _ := testenv.Ledger(t) // an empty ledger: no ingest runs here
+	cfg := DefaultConfig()
+	cfg.Addr, cfg.Brokers = freeAddr(t), []string{kf.Addr()}
+	s, err := New(cfg, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.items.put(ledger.SaleItem{SKU: "G-1", Stock: 5}, -1)
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop(context.Background())
+	code, _, body := postOrder(t, s.cfg.Addr, "getter", "G-1")
+	if code != 202 {
+		t.Fatalf("order: %d %s", code, body)
+	}
+	get := func(user string) (int, string) {
+		req, _ := http.NewRequest("GET", "http://"+s.cfg.Addr+"/v1/orders/"+body[len(`{"order_id":"`):strings.Index(body, `","status"`)], nil)
+		req.Header.Set("X-User-ID", user)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, got := get("getter"); code != 200 || got != body {
+		t.Fatalf("GET by the owner: %d %s, want 200 %s", code, got, body)
+	}
+	if code, _ := get("someone-else"); code != 404 {
+		t.Fatalf("GET by another user: %d, want 404", code)
+	}
+}

@@ -3,7 +3,6 @@ package edge
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"log/slog"
 	"net/netip"
@@ -189,6 +188,7 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 	}
 	cs.scratch = ip.AppendTo(cs.scratch[:0])
 	sl.key = append(sl.key[:0], user...)
+	sl.sku = append(sl.sku[:0], sku...)
 	sl.userLen = len(user)
 	sl.val = order.AppendRecord(sl.val[:0], id, user, sku, int32(qty), it.priceCents.Load(), r.idemKey, cs.scratch)
 
@@ -227,11 +227,7 @@ func (sl *slot) accepted() {
 	sl.item.accepted.Add(1)
 	ordersAcceptedTotal.Inc()
 	responsesTotal[202].Inc()
-	var k [8]byte
-	binary.BigEndian.PutUint64(k[:], uint64(sl.orderID))
-	// user id, NUL, the 202 body: enough for GET to answer "accepted".
-	v := append(append(sl.val[:0], sl.key[:sl.userLen]...), 0)
-	s.recent.Set(k[:], append(v, sl.resp[sl.bodyOff:]...))
+	s.recent.put(sl.orderID, sl.key[:sl.userLen], sl.sku, sl.qty)
 	if len(sl.idemK) > 0 {
 		s.idem.finish(sl.idemK, sl.idemHash, sl.orderID, sl.resp[sl.bodyOff:], sl.val[:0])
 	}
@@ -334,14 +330,11 @@ func (s *Server) readOrder(sl *slot) {
 // recentFor looks the slot's order up in the recent-orders cache and, when
 // the caller placed it, leaves its "accepted" body in sl.val.
 func (s *Server) recentFor(sl *slot) bool {
-	var k [8]byte
-	binary.BigEndian.PutUint64(k[:], uint64(sl.readID))
-	v := s.recent.Get(sl.val[:0], k[:])
-	i := bytes.IndexByte(v, 0)
-	if i <= 0 || string(v[:i]) != string(sl.readUser) {
+	user, sku, qty, ok := s.recent.get(sl.readID, sl.resp[:0])
+	if !ok || string(user) != string(sl.readUser) {
 		return false
 	}
-	sl.val = append(v[:0], v[i+1:]...)
+	sl.val = appendAccepted(sl.val[:0], sl.readID, sku, qty, user)
 	return true
 }
 

@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/VictoriaMetrics/fastcache"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/panjf2000/gnet/v2"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -34,7 +33,7 @@ type Server struct {
 	jwt       *jwtVerifier // --auth jwt
 	limits    *limiters
 	// recent answers GET for orders accepted but not yet in the ledger.
-	recent *fastcache.Cache
+	recent *recentOrders
 	gens   []*orderid.Generator // one per shard
 
 	shardsMu sync.Mutex
@@ -70,7 +69,7 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 		items:     newSaleTable(cfg.MaxSKUs, cfg.loops()),
 		purchases: newPurchaseTable(cfg.PurchaseSlots),
 		idem:      newIdemStore(cfg.IdempotencyBytes),
-		recent:    fastcache.New(cfg.RecentOrdersBytes),
+		recent:    newRecentOrders(cfg.RecentOrders),
 		booted:    make(chan struct{}),
 		runErr:    make(chan error, 1),
 		readSem:   make(chan struct{}, cfg.MaxReadsInFlight),

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/flashgate/flashgate/lib/orderid"
@@ -77,8 +78,36 @@ func AppendRecord[S ~string | ~[]byte](dst []byte, id int64, userID, sku S, qty 
 		dst = AppendJSONString(dst, clientIP)
 	}
 	dst = append(dst, `,"created_at":"`...)
-	dst = orderid.Time(id).AppendFormat(dst, TimeFormat)
+	dst = AppendTime(dst, orderid.Time(id))
 	return append(dst, `"}`...)
+}
+
+// secondText is one second formatted as "2006-01-02T15:04:05" (UTC).
+type secondText struct {
+	sec  int64
+	text [19]byte
+}
+
+// lastSecond caches the formatting of the latest second: orders arrive in
+// time order, so nearly every record reuses it.
+var lastSecond atomic.Pointer[secondText]
+
+// AppendTime appends t as TimeFormat (UTC, milliseconds), formatting the
+// date and time of day once per second.
+func AppendTime(dst []byte, t time.Time) []byte {
+	ms := t.UnixMilli()
+	sec, frac := ms/1000, ms%1000
+	if frac < 0 {
+		sec, frac = sec-1, frac+1000
+	}
+	st := lastSecond.Load()
+	if st == nil || st.sec != sec {
+		st = &secondText{sec: sec}
+		time.Unix(sec, 0).UTC().AppendFormat(st.text[:0], "2006-01-02T15:04:05")
+		lastSecond.Store(st)
+	}
+	dst = append(dst, st.text[:]...)
+	return append(dst, '.', byte('0'+frac/100), byte('0'+frac/10%10), byte('0'+frac%10), 'Z')
 }
 
 // TimeFormat is how record and API times are written: RFC 3339, UTC, milliseconds.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/flashgate/flashgate/lib/orderid"
 )
@@ -56,6 +57,16 @@ func TestDecodeRejects(t *testing.T) {
 	for name, in := range cases {
 		if err := Decode([]byte(in), &o); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: Decode(%s) = %v, want ErrInvalid", name, in, err)
+		}
+	}
+}
+
+func TestAppendTimeMatchesFormat(t *testing.T) {
+	base := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := int64(0); i < 20000; i++ {
+		tm := base.Add(time.Duration(i*i*7919) * time.Microsecond).Truncate(time.Millisecond)
+		if got, want := string(AppendTime(nil, tm)), tm.Format(TimeFormat); got != want {
+			t.Fatalf("AppendTime(%v) = %s, want %s", tm, got, want)
 		}
 	}
 }

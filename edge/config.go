@@ -220,6 +220,11 @@ func ParsePrefixes(list string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// parseLimits are the protocol limits the parser enforces.
+func (c *Config) parseLimits() parseLimits {
+	return parseLimits{requestLine: c.MaxRequestLineBytes, headerBytes: c.MaxHeaderBytes, headers: c.MaxHeaders, body: c.MaxBodyBytes}
+}
+
 func (c *Config) loops() int {
 	if c.Loops > 0 {
 		return c.Loops

@@ -29,8 +29,8 @@ var benchOrderReq = []byte("POST /v1/orders HTTP/1.1\r\nHost: bench\r\nUser-Agen
 func BenchmarkParseRequest(b *testing.B) {
 	b.Run("flashgate", func(b *testing.B) {
 		var r request
-		lim := DefaultConfig()
-		pl := parseLimits{lim.MaxRequestLineBytes, lim.MaxHeaderBytes, lim.MaxHeaders, lim.MaxBodyBytes}
+		cfg := DefaultConfig()
+		pl := cfg.parseLimits()
 		b.SetBytes(int64(len(benchOrderReq)))
 		b.ReportAllocs()
 		for b.Loop() {
@@ -59,7 +59,7 @@ func BenchmarkParseRequest(b *testing.B) {
 // parse + route + a fixed response allocate nothing.
 func TestServeFixedZeroAllocs(t *testing.T) {
 	s := &Server{cfg: DefaultConfig()}
-	s.lim = parseLimits{s.cfg.MaxRequestLineBytes, s.cfg.MaxHeaderBytes, s.cfg.MaxHeaders, s.cfg.MaxBodyBytes}
+	s.lim = s.cfg.parseLimits()
 	cs := &connState{srv: s, slots: make([]slot, 4), out: make([]byte, 0, 4096)}
 	in := []byte("GET /healthz HTTP/1.1\r\nHost: x\r\nUser-Agent: wrk\r\n\r\n")
 	allocs := testing.AllocsPerRun(1000, func() {

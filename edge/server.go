@@ -64,7 +64,7 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 	}
 	s := &Server{
 		cfg:       cfg,
-		lim:       parseLimits{requestLine: cfg.MaxRequestLineBytes, headerBytes: cfg.MaxHeaderBytes, headers: cfg.MaxHeaders, body: cfg.MaxBodyBytes},
+		lim:       cfg.parseLimits(),
 		pool:      pool,
 		items:     newSaleTable(cfg.MaxSKUs, cfg.loops()),
 		purchases: newPurchaseTable(cfg.PurchaseSlots),

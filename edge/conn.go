@@ -39,7 +39,7 @@ type slot struct {
 	idemK    []byte        // the idempotency cache key; empty without Idempotency-Key
 	idemHash uint64
 	qty      int64
-	bodyOff  int // where the 202 body starts in resp (for the recent-orders cache)
+	bodyOff  int // where the 202 body starts in resp (stored for idempotent replays)
 	userLen  int // key holds the user id
 	promise  func(*kgo.Record, error)
 	readID   int64

@@ -33,7 +33,7 @@ func (s *Server) serve(cs *connState, r *request) {
 	switch {
 	case bytes.Equal(path, pathOrders):
 		if string(r.method) != "POST" {
-			cs.problem(405, probMethod, "use POST "+string(pathOrders), respHeader{close: closeAfter})
+			cs.problem(405, probMethod, "use POST /v1/orders", respHeader{close: closeAfter})
 			return
 		}
 		s.postOrder(cs, r, closeAfter)
@@ -101,8 +101,8 @@ func (s *Server) identify(cs *connState, r *request, closeAfter bool) []byte {
 
 // rateLimit applies the rate limits to a request of user from ip; past one
 // it answers 429 with Retry-After and the RateLimit headers, and returns false.
-func (s *Server) rateLimit(cs *connState, user []byte, ip netip.Addr, apiKey []byte, closeAfter bool) bool {
-	lim, ok := s.limits.check(cs.shard.idx, user, ip.As16(), apiKey, time.Now().UnixNano())
+func (s *Server) rateLimit(cs *connState, user []byte, ip netip.Addr, apiKey []byte, nowNs int64, closeAfter bool) bool {
+	lim, ok := s.limits.check(cs.shard.idx, user, ip.As16(), apiKey, nowNs)
 	if ok {
 		return true
 	}
@@ -151,8 +151,8 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 	if user == nil {
 		return
 	}
-	ip := s.clientIP(cs, r)
-	if !s.rateLimit(cs, user, ip, r.apiKey, closeAfter) {
+	ip, nowNs := s.clientIP(cs, r), time.Now().UnixNano()
+	if !s.rateLimit(cs, user, ip, r.apiKey, nowNs, closeAfter) {
 		return
 	}
 	sku, qty, detail := parseOrderBody(r.body)
@@ -166,7 +166,6 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 		cs.problem(400, probInvalidRequest, "Idempotency-Key must be 1-255 visible ASCII bytes", respHeader{close: closeAfter})
 		return
 	}
-	nowNs := time.Now().UnixNano()
 	d := s.admit(cs.shard.idx, &cs.admit, user, sku, qty, r.idemKey, nowNs)
 	switch {
 	case d.status == 202:
@@ -276,7 +275,7 @@ func definiteFailure(err error) bool {
 // The read runs off the event loop.
 func (s *Server) getOrder(cs *connState, r *request, id int64, closeAfter bool) {
 	user := s.identify(cs, r, closeAfter)
-	if user == nil || !s.rateLimit(cs, user, s.clientIP(cs, r), r.apiKey, closeAfter) {
+	if user == nil || !s.rateLimit(cs, user, s.clientIP(cs, r), r.apiKey, time.Now().UnixNano(), closeAfter) {
 		return
 	}
 	select {

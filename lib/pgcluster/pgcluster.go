@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -49,6 +50,10 @@ type Options struct {
 type Cluster struct {
 	opts Options
 	port int
+	bin  string
+	cred *syscall.Credential
+	logw io.Writer   // the server's output: opts.Log or <Dir>/../pg.log
+	tail *outputTail // its last lines, for error messages
 	cmd  *exec.Cmd
 	done chan error // receives the server's exit
 }
@@ -110,21 +115,46 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	port := opts.Port
-	if port == 0 {
-		if port, err = freePort(); err != nil {
+	c := &Cluster{opts: opts, port: opts.Port, bin: bin, cred: cred, logw: opts.Log, tail: &outputTail{}}
+	if c.logw == nil {
+		f, err := os.OpenFile(filepath.Join(filepath.Dir(dir), "pg.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
 			return nil, err
 		}
+		c.logw = f
 	}
-	c := &Cluster{opts: opts, port: port, done: make(chan error, 1)}
-	if err := c.start(bin, cred); err != nil {
-		return nil, err
-	}
-	if err := c.waitReady(ctx); err != nil {
-		c.Stop()
+	if err := c.run(ctx); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// run starts the server and waits until it is ready. When the port was ours
+// to choose and another process took it between our probe and the server's
+// bind, it tries again on another port.
+func (c *Cluster) run(ctx context.Context) error {
+	for attempt := 1; ; attempt++ {
+		if c.opts.Port == 0 && (c.port == 0 || attempt > 1) {
+			port, err := freePort()
+			if err != nil {
+				return err
+			}
+			c.port = port
+		}
+		c.done = make(chan error, 1)
+		c.tail.reset()
+		if err := c.start(); err != nil {
+			return err
+		}
+		err := c.waitReady(ctx)
+		if err == nil {
+			return nil
+		}
+		c.Kill()
+		if c.opts.Port != 0 || attempt == 5 || !c.tail.contains("Address already in use") {
+			return err
+		}
+	}
 }
 
 // serverCredential returns the credential to run initdb and postgres with:
@@ -193,7 +223,7 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func (c *Cluster) start(bin string, cred *syscall.Credential) error {
+func (c *Cluster) start() error {
 	args := []string{"-D", c.opts.Dir, "-p", strconv.Itoa(c.port),
 		"-c", "listen_addresses=127.0.0.1",
 		"-c", "unix_socket_directories=", // no socket in /var/run/postgresql: not ours to use
@@ -213,19 +243,12 @@ func (c *Cluster) start(bin string, cred *syscall.Credential) error {
 	for _, k := range keys {
 		args = append(args, "-c", k+"="+c.opts.Settings[k])
 	}
-	logw := c.opts.Log
-	if logw == nil {
-		f, err := os.OpenFile(filepath.Join(filepath.Dir(c.opts.Dir), "pg.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			return err
-		}
-		logw = f
-	}
-	c.cmd = exec.Command(filepath.Join(bin, "postgres"), args...)
+	out := io.MultiWriter(c.logw, c.tail)
+	c.cmd = exec.Command(filepath.Join(c.bin, "postgres"), args...)
 	c.cmd.Dir = "/"
-	c.cmd.Stdout, c.cmd.Stderr = logw, logw
+	c.cmd.Stdout, c.cmd.Stderr = out, out
 	// SIGINT is PostgreSQL's "fast shutdown": consistent, no recovery next time.
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGINT, Setpgid: true}
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred, Pdeathsig: syscall.SIGINT, Setpgid: true}
 	started := make(chan error, 1)
 	// Pdeathsig fires when the *thread* that forked the child exits, so fork
 	// from a locked thread that stays alive as long as the server does.
@@ -251,7 +274,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 		select {
 		case err := <-c.done:
 			c.done <- err
-			return fmt.Errorf("postgres exited during start-up (%v); see %s", err, c.logHint())
+			return fmt.Errorf("postgres exited during start-up (%v); it said:\n%s", err, c.tail.String())
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
@@ -272,14 +295,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 		}
 		return nil
 	}
-	return fmt.Errorf("postgres did not accept connections within 60s (last error: %v); see %s", lastErr, c.logHint())
-}
-
-func (c *Cluster) logHint() string {
-	if c.opts.Log != nil {
-		return "the server log"
-	}
-	return filepath.Join(filepath.Dir(c.opts.Dir), "pg.log")
+	return fmt.Errorf("postgres did not accept connections within 60s (last error: %v); it said:\n%s", lastErr, c.tail.String())
 }
 
 func (c *Cluster) url(db string) string {
@@ -299,22 +315,9 @@ func (c *Cluster) Stop() error { return c.signalAndWait(syscall.SIGINT, 60*time.
 // Kill stops the server with SIGKILL, as a crash would: for tests.
 func (c *Cluster) Kill() error { return c.signalAndWait(syscall.SIGKILL, 10*time.Second) }
 
-// Restart starts the server again on the same port after Stop or Kill.
-func (c *Cluster) Restart(ctx context.Context) error {
-	bin, err := BinDir()
-	if err != nil {
-		return err
-	}
-	cred, err := serverCredential()
-	if err != nil {
-		return err
-	}
-	c.done = make(chan error, 1)
-	if err := c.start(bin, cred); err != nil {
-		return err
-	}
-	return c.waitReady(ctx)
-}
+// Restart starts the server again after Stop or Kill, on the same port
+// unless that was chosen freely and is taken now (URL tells).
+func (c *Cluster) Restart(ctx context.Context) error { return c.run(ctx) }
 
 func (c *Cluster) signalAndWait(sig syscall.Signal, grace time.Duration) error {
 	if c.cmd == nil || c.cmd.Process == nil {
@@ -329,6 +332,9 @@ func (c *Cluster) signalAndWait(sig syscall.Signal, grace time.Duration) error {
 	select {
 	case err := <-c.done:
 		c.done <- err
+		if sig == syscall.SIGKILL {
+			c.waitGroupGone(grace) // backends still attached to shared memory block a restart
+		}
 		return exitErr(err, sig)
 	case <-time.After(grace):
 		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
@@ -349,4 +355,50 @@ func exitErr(err error, sig syscall.Signal) error {
 		return err
 	}
 	return nil
+}
+
+// waitGroupGone waits until no process of the server's group is left.
+func (c *Cluster) waitGroupGone(limit time.Duration) {
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if err := syscall.Kill(-c.cmd.Process.Pid, 0); errors.Is(err, syscall.ESRCH) {
+			return
+		}
+	}
+}
+
+// outputTail keeps the last bytes the server wrote, for error messages (the
+// log file may be gone by the time anyone reads the error).
+type outputTail struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+const outputTailBytes = 4096
+
+func (t *outputTail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > outputTailBytes {
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-outputTailBytes:]...)
+	}
+	return len(p), nil
+}
+
+func (t *outputTail) reset() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = t.buf[:0]
+}
+
+func (t *outputTail) contains(s string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.Contains(string(t.buf), s)
+}
+
+func (t *outputTail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
 }

@@ -2,8 +2,11 @@ package pgcluster_test
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -62,5 +65,43 @@ func TestStartReuseAfterStopAndKill(t *testing.T) {
 	var n int
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM kept").Scan(&n); err != nil || n != 2 {
 		t.Fatalf("after a crash: %d rows (%v), want 2", n, err)
+	}
+}
+
+// A freely chosen port taken by someone else while the server was down (other
+// tests, other services) does not stop a restart: it moves to another port.
+func TestRestartMovesOffATakenPort(t *testing.T) {
+	dir := filepath.Join(testenv.TempDir(t), "pg")
+	ctx := context.Background()
+	c, err := pgcluster.Start(ctx, pgcluster.Options{Dir: dir, NoFsync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	exec(t, c.URL(), "CREATE TABLE kept (x int)")
+	if err := c.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	old := c.Port()
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", old))
+	if err != nil {
+		t.Fatalf("cannot take the freed port: %v", err)
+	}
+	defer l.Close()
+	if err := c.Restart(ctx); err != nil {
+		t.Fatalf("restart with its port taken: %v", err)
+	}
+	if c.Port() == old {
+		t.Fatal("the server claims the port someone else holds")
+	}
+	exec(t, c.URL(), "INSERT INTO kept VALUES (1)")
+}
+
+// A server that cannot start says why in the error, not only in a log file.
+func TestStartErrorCarriesTheServerOutput(t *testing.T) {
+	dir := filepath.Join(testenv.TempDir(t), "pg")
+	_, err := pgcluster.Start(context.Background(), pgcluster.Options{Dir: dir, NoFsync: true, Settings: map[string]string{"shared_buffers": "nonsense"}})
+	if err == nil || !strings.Contains(err.Error(), "shared_buffers") {
+		t.Fatalf("start with a bad setting: %v; want the server's complaint about shared_buffers", err)
 	}
 }

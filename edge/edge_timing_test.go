@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"sync/atomic"
@@ -83,6 +84,63 @@ func TestServeFixedZeroAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Fatalf("401 problem response: %v allocations per request", allocs)
 	}
+}
+
+// TestServeOrderZeroAllocs takes accepted orders (Kafka hand-off off) through
+// parse, identity, rate limits, admission and the 202, without and with an
+// Idempotency-Key: once the connection's buffers have grown, nothing
+// allocates.
+func TestServeOrderZeroAllocs(t *testing.T) {
+	s := testAdmission(1)
+	s.cfg.UnsafeNoKafka = true
+	s.cfg.RatePerIP = RateLimit{}
+	s.lim = s.cfg.parseLimits()
+	s.recent = newRecentOrders(1 << 10)
+	var err error
+	if s.limits, err = newLimiters(&s.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.items.put(ledger.SaleItem{SKU: "A", Stock: 1 << 40, PriceCents: 100}, -1); err != nil {
+		t.Fatal(err)
+	}
+	cs := newConnState(s, nil, &shard{srv: s}, netip.MustParseAddr("10.0.0.1"))
+	for _, idem := range []bool{false, true} {
+		// The requests are built first: their allocations are the test's.
+		reqs := make([][]byte, 1100)
+		for i := range reqs {
+			key := ""
+			if idem {
+				key = fmt.Sprintf("Idempotency-Key: k%d\r\n", i)
+			}
+			reqs[i] = fmt.Appendf(nil, "POST /v1/orders HTTP/1.1\r\nHost: x\r\nX-User-ID: u%d\r\n%sContent-Length: 19\r\n\r\n{\"sku\":\"A\",\"qty\":1}", i, key)
+		}
+		for _, in := range reqs[:50] { // grow the connection's buffers
+			serveInline(t, cs, in)
+		}
+		i := 50
+		allocs := testing.AllocsPerRun(1000, func() {
+			serveInline(t, cs, reqs[i])
+			i++
+		})
+		if allocs != 0 {
+			t.Errorf("accepted order (idempotency key: %v): %v allocations per request", idem, allocs)
+		}
+	}
+}
+
+// serveInline parses and serves one request that is answered on the loop,
+// and checks that the answer is a 202.
+func serveInline(t *testing.T, cs *connState, in []byte) {
+	n, st := parseRequest(in, &cs.req, &cs.srv.lim)
+	if n != len(in) || st != 0 {
+		t.Fatalf("parse: %d of %d bytes, status %d", n, len(in), st)
+	}
+	cs.srv.serve(cs, &cs.req)
+	cs.flushReady()
+	if !bytes.HasPrefix(cs.out, []byte("HTTP/1.1 202 ")) {
+		t.Fatalf("not accepted: %.200q", cs.out)
+	}
+	cs.out = cs.out[:0]
 }
 
 // BenchmarkOrdersE2E measures orders/s through HTTP, admission and the Kafka

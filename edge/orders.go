@@ -194,6 +194,7 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 	// The 202 is built now, while the request bytes are valid; it leaves
 	// only if the broker acks.
 	body := appendAccepted(cs.scratch[:0], id, sku, qty, user)
+	cs.scratch = body // keep the grown buffer: the next order appends without allocating
 	sl.resp = appendResponse(sl.resp[:0], 202, &respHeader{location: locationPrefix, locationID: id, close: closeAfter}, body)
 	sl.bodyOff = len(sl.resp) - len(body)
 

@@ -21,6 +21,11 @@ func TestRecentOrdersRoundTrip(t *testing.T) {
 	if user, sku, qty, ok := r.get(777, nil); !ok || string(user) != string(long) || string(sku) != string(long) || qty != 1_000_000 {
 		t.Fatalf("64-byte fields: %q %q %d %v", user, sku, qty, ok)
 	}
+	// A shorter order in the same entry: the longer one's bytes do not show.
+	r.put(777, []byte("bob"), []byte("X"), 1)
+	if user, sku, qty, ok := r.get(777, nil); !ok || string(user) != "bob" || string(sku) != "X" || qty != 1 {
+		t.Fatalf("after a longer order: %q %q %d %v", user, sku, qty, ok)
+	}
 	if n := testing.AllocsPerRun(100, func() { r.put(12345, []byte("alice"), []byte("SKU-1"), 3) }); n != 0 {
 		t.Fatalf("put allocates %v", n)
 	}

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +20,9 @@ import (
 	"github.com/flashgate/flashgate/edge"
 	"github.com/flashgate/flashgate/ingest"
 	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/broker"
+	"github.com/flashgate/flashgate/lib/order"
+	"github.com/flashgate/flashgate/lib/orderid"
 	"github.com/flashgate/flashgate/lib/testenv"
 )
 
@@ -312,4 +317,130 @@ func TestTwoDevStacksSideBySide(t *testing.T) {
 	if a.env.DatabaseURL == b.env.DatabaseURL || a.env.KafkaBrokers == b.env.KafkaBrokers {
 		t.Fatalf("stacks share a backend: %+v %+v", a.env, b.env)
 	}
+}
+
+// The outside check: a stock Kafka tool (Debian's kcat, librdkafka) reads
+// the 202'd orders from order.created as docs/records.md describes them,
+// keyed by user id. It catches what our own franz-go consumer would forgive.
+func TestKcatReadsOrders(t *testing.T) {
+	kcat, err := exec.LookPath("kcat")
+	if err != nil {
+		t.Skip("kcat not installed: apt-get install kcat")
+	}
+	st := startDev(t, testenv.TempDir(t))
+	const stock = 5
+	putSKU(t, st, "KCAT-1", stock)
+
+	// One more order than stock: the refused one must leave no record.
+	type sent struct{ user, idemKey string }
+	accepted := map[string]sent{} // order id -> what the request carried
+	for i := 0; i <= stock; i++ {
+		s := sent{user: fmt.Sprint("kcat-user-", i%3)}
+		if i%2 == 0 {
+			s.idemKey = fmt.Sprint("kcat-key-", i)
+		}
+		req, _ := http.NewRequest("POST", st.env.EdgeURL+"/v1/orders", strings.NewReader(`{"sku":"KCAT-1","qty":1}`))
+		req.Header.Set("X-User-ID", s.user)
+		if s.idemKey != "" {
+			req.Header.Set("Idempotency-Key", s.idemKey)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var v struct {
+			OrderID string `json:"order_id"`
+		}
+		switch {
+		case i < stock && resp.StatusCode == 202 && json.Unmarshal(b, &v) == nil && v.OrderID != "":
+			accepted[v.OrderID] = s
+		case i == stock && resp.StatusCode == 409:
+		default:
+			t.Fatalf("order %d: %d %s", i, resp.StatusCode, b)
+		}
+	}
+
+	// -e: exit at the end of every partition; every 202 was acked before it
+	// was sent, so all records are there already. -q: no banner on stderr.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, kcat, "-C", "-b", st.env.KafkaBrokers, "-t", broker.TopicOrderCreated,
+		"-o", "beginning", "-e", "-q", "-f", `%k\t%s\n`)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s: %v; stderr:\n%s", cmd, err, stderr.String())
+	}
+
+	// The documented fields and their JSON types; created_at and the
+	// optional ones are checked below.
+	documented := map[string]string{
+		"v": "number", "order_id": "string", "user_id": "string", "sku": "string", "qty": "number",
+		"price_cents": "number", "idempotency_key": "string", "client_ip": "string", "created_at": "string",
+	}
+	seen := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSuffix(string(out), "\n"), "\n") {
+		key, value, ok := strings.Cut(line, "\t")
+		if !ok {
+			t.Errorf("kcat line without a key/value tab: %q", line)
+			continue
+		}
+		var fields map[string]any
+		dec := json.NewDecoder(strings.NewReader(value))
+		dec.UseNumber()
+		if err := dec.Decode(&fields); err != nil {
+			t.Errorf("record value is not JSON (%v): %s", err, value)
+			continue
+		}
+		for name, v := range fields {
+			typ := "string"
+			if _, isNum := v.(json.Number); isNum {
+				typ = "number"
+			} else if _, isStr := v.(string); !isStr {
+				typ = fmt.Sprintf("%T", v)
+			}
+			switch want, ok := documented[name]; {
+			case !ok:
+				t.Errorf("field %q is not in docs/records.md (document it there): %s", name, value)
+			case typ != want:
+				t.Errorf("field %q is a JSON %s, docs/records.md says %s: %s", name, typ, want, value)
+			}
+		}
+		id, _ := fields["order_id"].(string)
+		s, ok := accepted[id]
+		if !ok {
+			t.Errorf("record of an order that was not answered 202: %s", value)
+			continue
+		}
+		if seen[id] {
+			t.Errorf("order %s twice in order.created", id)
+		}
+		seen[id] = true
+
+		var o order.Order
+		if err := order.Decode([]byte(value), &o); err != nil {
+			t.Errorf("order %s: %v", id, err)
+			continue
+		}
+		n, _ := strconv.ParseInt(id, 10, 64)
+		createdAt, _ := fields["created_at"].(string)
+		if at, err := time.Parse(order.TimeFormat, createdAt); err != nil || !at.Equal(orderid.Time(n)) || !strings.HasSuffix(createdAt, "Z") {
+			t.Errorf("order %s: created_at %q is not the id's time %s in UTC milliseconds (%v)", id, createdAt, orderid.Time(n).Format(order.TimeFormat), err)
+		}
+		if fields["v"] != json.Number("1") || o.SKU != "KCAT-1" || o.Qty != 1 || o.PriceCents != 1234 || o.ClientIP != "127.0.0.1" || o.IdemKey != s.idemKey {
+			t.Errorf("order %s: %s; want v 1, sku KCAT-1, qty 1, price_cents 1234, client_ip 127.0.0.1, idempotency_key %q", id, value, s.idemKey)
+		}
+		if key != s.user || o.UserID != s.user {
+			t.Errorf("order %s of %s: key %q, user_id %q; both should be the user id", id, s.user, key, o.UserID)
+		}
+	}
+	for id := range accepted {
+		if !seen[id] {
+			t.Errorf("order %s answered 202 but kcat did not read it from %s", id, broker.TopicOrderCreated)
+		}
+	}
+	t.Logf("kcat read %d records, %d orders answered 202", len(seen), len(accepted))
 }

@@ -212,6 +212,7 @@ type runningEdge struct {
 // startEdge waits until ingest has every accepted order in the ledger, rebuilds
 // the sale table from it, then serves the edge and the admin plane.
 func startEdge(ctx context.Context, cfg edge.Config, pool *pgxpool.Pool, adm *kgo.Client, group, adminAddr string) (*runningEdge, error) {
+	cfg.IngestGroup = group // reconciliation waits for it
 	srv, err := edge.New(cfg, pool)
 	if err != nil {
 		return nil, err

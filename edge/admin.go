@@ -258,6 +258,8 @@ func (a *Admin) status(ctx *fasthttp.RequestCtx) {
 		"produces_in_flight": s.produces.Load(),
 		"kafka_buffered":     s.prod.BufferedProduceRecords(),
 		"kafka_buffer_cap":   s.cfg.MaxBufferedRecords,
+		"kafka_breaker":      s.breaker.state(time.Now().UnixNano()),
+		"unknown_orders":     s.unknown.len(),
 	})
 }
 
@@ -287,6 +289,11 @@ func (s *Server) writeMetrics(w io.Writer) {
 	fmt.Fprintf(w, "flashgate_edge_connections_capacity %d\n", s.cfg.MaxConns)
 	fmt.Fprintf(w, "flashgate_edge_produces_in_flight %d\nflashgate_edge_kafka_buffered_records %d\nflashgate_edge_kafka_buffered_records_capacity %d\n",
 		s.produces.Load(), s.prod.BufferedProduceRecords(), s.cfg.MaxBufferedRecords)
+	open := 0
+	if s.breaker.state(time.Now().UnixNano()) != "closed" {
+		open = 1
+	}
+	fmt.Fprintf(w, "flashgate_edge_breaker_open %d\nflashgate_edge_unknown_orders_capacity %d\n", open, s.cfg.MaxUnknownOrders)
 	skus := make([]string, 0, len(items))
 	for sku := range items {
 		skus = append(skus, sku)

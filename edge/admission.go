@@ -22,6 +22,7 @@ type decision struct {
 	idemHash uint64
 	replayID int64
 	replay   []byte // the stored 202 body, in the admitScratch
+	probe    bool   // the order is the breaker's half-open probe
 }
 
 // admitScratch holds buffers admission reuses; one per connection.
@@ -67,13 +68,30 @@ func (s *Server) admit(shard int, sc *admitScratch, user, sku []byte, qty int64,
 		}
 		d.idemK = sc.idemK
 	}
+	// Shedding comes before any unit is taken (taking and giving back could
+	// show a false sold-out meanwhile), and after the key, so that a retry of
+	// a finished order is answered from the cache even while Kafka is down.
+	if !s.cfg.UnsafeNoKafka {
+		if s.produces.Load() >= int64(s.cfg.MaxBufferedRecords) {
+			s.abandonIdem(d.idemK)
+			return refuse(503, probUnavailable, "too many orders are waiting for Kafka; retry after Retry-After seconds", 1, shedBufferTotal)
+		}
+		ok, probe, retryAfter := s.breaker.allow(nowNs)
+		if !ok {
+			s.abandonIdem(d.idemK)
+			return refuse(503, probUnavailable, "Kafka is failing, orders are shed until it recovers; retry after Retry-After seconds", retryAfter, shedBreakerTotal)
+		}
+		d.probe = probe
+	}
 	if limit := int64(it.perUserLimit.Load()); limit > 0 {
 		var out purchaseOutcome
 		switch d.purchase, out = s.purchases.reserve(user, sku, qty, limit); out {
 		case purchaseOverLimit:
+			s.breaker.cancelProbe(d.probe)
 			s.abandonIdem(d.idemK)
 			return refuse(409, probPurchaseLimit, "this order would take you past the per-user limit of this sku", 0, ordersLimitTotal)
 		case purchaseTableFull:
+			s.breaker.cancelProbe(d.probe)
 			s.abandonIdem(d.idemK)
 			return refuse(503, probUnavailable, "purchase limits cannot be counted for more buyers now; see -edge.purchaseSlots", 1, purchaseFullTotal)
 		}
@@ -82,6 +100,7 @@ func (s *Server) admit(shard int, sc *admitScratch, user, sku []byte, qty int64,
 		if d.purchase != nil {
 			d.purchase.release(qty)
 		}
+		s.breaker.cancelProbe(d.probe)
 		s.abandonIdem(d.idemK)
 		return refuse(409, probSoldOut, "no stock left for this sku", 0, ordersSoldOutTotal)
 	}

@@ -19,7 +19,7 @@ import (
 func testAdmission(loops int) *Server {
 	cfg := DefaultConfig()
 	cfg.Loops = loops
-	s := &Server{cfg: cfg, items: newSaleTable(64, loops), purchases: newPurchaseTable(1 << 14), idem: newIdemStore(32 << 20)}
+	s := &Server{cfg: cfg, items: newSaleTable(64, loops), purchases: newPurchaseTable(1 << 14), idem: newIdemStore(32 << 20), breaker: newBreaker(&cfg)}
 	for i := 0; i < loops; i++ {
 		s.gens = append(s.gens, orderid.MustNew(0, i))
 	}

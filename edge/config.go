@@ -54,8 +54,23 @@ type Config struct {
 
 	// Kafka hand-off.
 	ProduceLinger      time.Duration // batching delay of the producer
+	ProduceBatchBytes  int           // largest produce batch per partition
 	MaxBufferedRecords int           // past it new orders get 503 at once
+	MaxBufferedBytes   int           // the same in record bytes
 	DeliveryTimeout    time.Duration // a produce not acked by then is "unknown"
+	// The circuit breaker: opened by BreakerFailures produce failures in a
+	// row, or by BreakerStall without any produce completing while some
+	// wait; while open, orders get 503 at once; after BreakerCooldown one
+	// order probes.
+	BreakerFailures int
+	BreakerStall    time.Duration
+	BreakerCooldown time.Duration
+	// Orders of unknown produce outcome are looked up in the ledger
+	// ReconcileAfter their failure, once ingest (IngestGroup) has caught up
+	// with Kafka; at most MaxUnknownOrders wait.
+	ReconcileAfter   time.Duration
+	MaxUnknownOrders int
+	IngestGroup      string
 
 	// MaxReadsInFlight bounds concurrent ledger reads (GET /v1/orders/{id}).
 	MaxReadsInFlight int
@@ -95,10 +110,18 @@ func DefaultConfig() Config {
 		HeaderReadTimeout:   10 * time.Second,
 		IdleTimeout:         60 * time.Second,
 		MaxSKUs:             100_000,
-		PurchaseSlots:       1 << 20, // 24 MiB; room for ~800K buyers of limited SKUs
-		ProduceLinger:       0,       // measured: batches fill while a produce is in flight; linger only adds latency (tuning.md)
-		MaxBufferedRecords:  100_000,
+		PurchaseSlots:       1 << 20,  // 24 MiB; room for ~800K buyers of limited SKUs
+		ProduceLinger:       0,        // measured: batches fill while a produce is in flight; linger only adds latency (tuning.md)
+		ProduceBatchBytes:   1 << 20,  // franz-go's default; ~5K orders at the usual ~200 bytes
+		MaxBufferedRecords:  100_000,  // ~1 s of orders at full speed
+		MaxBufferedBytes:    64 << 20, // 100K orders of up to ~650 bytes
 		DeliveryTimeout:     5 * time.Second,
+		BreakerFailures:     10,
+		BreakerStall:        time.Second, // acks take milliseconds; a second of silence is an outage
+		BreakerCooldown:     time.Second,
+		ReconcileAfter:      30 * time.Second, // well past a broker's request timeout
+		MaxUnknownOrders:    100_000,
+		IngestGroup:         "flashgate-ingest",
 		MaxReadsInFlight:    256,
 		RecentOrders:        1 << 18,  // 36 MiB: 2.6 s of orders at 100K/s
 		IdempotencyBytes:    64 << 20, // ~400K keys of ~150 bytes
@@ -128,6 +151,13 @@ func init() {
 	flag.DurationVar(&flagConfig.ProduceLinger, "edge.produceLinger", flagConfig.ProduceLinger, "how long the Kafka producer waits to fill a batch; adds to every 202's latency")
 	flag.IntVar(&flagConfig.MaxBufferedRecords, "edge.maxBufferedRecords", flagConfig.MaxBufferedRecords, "orders waiting for a Kafka ack; past it new orders get 503 at once")
 	flag.DurationVar(&flagConfig.DeliveryTimeout, "edge.deliveryTimeout", flagConfig.DeliveryTimeout, "an order not acked by Kafka by then is answered 503 and reconciled later")
+	flag.IntVar(&flagConfig.ProduceBatchBytes, "edge.produceBatchBytes", flagConfig.ProduceBatchBytes, "largest Kafka produce batch per partition, in bytes (at most the topic's max.message.bytes)")
+	flag.IntVar(&flagConfig.MaxBufferedBytes, "edge.maxBufferedBytes", flagConfig.MaxBufferedBytes, "record bytes waiting for a Kafka ack; past it new orders get 503")
+	flag.IntVar(&flagConfig.BreakerFailures, "edge.breakerFailures", flagConfig.BreakerFailures, "Kafka produce failures in a row that open the circuit breaker (orders get 503 at once while it is open)")
+	flag.DurationVar(&flagConfig.BreakerStall, "edge.breakerStall", flagConfig.BreakerStall, "time without any produce completing, while orders wait for acks, that opens the circuit breaker")
+	flag.DurationVar(&flagConfig.BreakerCooldown, "edge.breakerCooldown", flagConfig.BreakerCooldown, "time the circuit breaker stays open before one order probes Kafka")
+	flag.DurationVar(&flagConfig.ReconcileAfter, "edge.reconcileAfter", flagConfig.ReconcileAfter, "an order of unknown produce outcome is looked up in the ledger this long after its failure (keep it above the brokers' request timeout)")
+	flag.IntVar(&flagConfig.MaxUnknownOrders, "edge.maxUnknownOrders", flagConfig.MaxUnknownOrders, "orders of unknown produce outcome awaiting reconciliation; past it they keep their stock until the edge restarts")
 	flag.IntVar(&flagConfig.MaxReadsInFlight, "edge.maxReadsInFlight", flagConfig.MaxReadsInFlight, "concurrent ledger reads for GET /v1/orders/{id}; past it 503")
 	flag.IntVar(&flagConfig.IdempotencyBytes, "edge.idempotencyBytes", flagConfig.IdempotencyBytes, "memory of the Idempotency-Key cache; a retry after its key was evicted is a new order (the ledger's backstop catches it)")
 	flag.BoolVar(&flagConfig.UnsafeNoKafka, "edge.unsafeNoKafka", false, "BENCHMARKS ONLY: answer 202 after admission without producing to Kafka; accepted orders are lost")
@@ -254,8 +284,14 @@ func (c *Config) validate() error {
 		return fmt.Errorf("edge: -edge.purchaseSlots must be at least %d", maxProbeSlots)
 	case c.RecentOrders < 1:
 		return fmt.Errorf("edge: -edge.recentOrders must be positive")
-	case c.MaxSKUs < 1 || c.MaxBufferedRecords < 1 || c.MaxReadsInFlight < 1:
-		return fmt.Errorf("edge: -edge.maxSKUs, -edge.maxBufferedRecords and -edge.maxReadsInFlight must be positive")
+	case c.MaxSKUs < 1 || c.MaxBufferedRecords < 1 || c.MaxReadsInFlight < 1 || c.MaxBufferedBytes < 1 || c.MaxUnknownOrders < 1:
+		return fmt.Errorf("edge: -edge.maxSKUs, -edge.maxBufferedRecords, -edge.maxBufferedBytes, -edge.maxReadsInFlight and -edge.maxUnknownOrders must be positive")
+	case c.ProduceBatchBytes < 1024 || c.ProduceBatchBytes > 1<<30:
+		return fmt.Errorf("edge: -edge.produceBatchBytes must be in [1024, 1 GiB]")
+	case c.BreakerFailures < 1 || c.BreakerStall < 10*time.Millisecond || c.BreakerCooldown < 10*time.Millisecond:
+		return fmt.Errorf("edge: -edge.breakerFailures must be positive, -edge.breakerStall and -edge.breakerCooldown at least 10ms")
+	case c.ReconcileAfter < c.DeliveryTimeout:
+		return fmt.Errorf("edge: -edge.reconcileAfter (%v) must be at least -edge.deliveryTimeout (%v)", c.ReconcileAfter, c.DeliveryTimeout)
 	}
 	return nil
 }

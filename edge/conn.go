@@ -39,8 +39,9 @@ type slot struct {
 	idemK    []byte        // the idempotency cache key; empty without Idempotency-Key
 	idemHash uint64
 	qty      int64
-	bodyOff  int // where the 202 body starts in resp (stored for idempotent replays)
-	userLen  int // key holds the user id
+	probe    bool // the breaker's half-open probe
+	bodyOff  int  // where the 202 body starts in resp (stored for idempotent replays)
+	userLen  int  // key holds the user id
 	promise  func(*kgo.Record, error)
 	readID   int64
 	readUser []byte

@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kerr"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -75,37 +73,13 @@ func post(t *testing.T, addr, user, idemKey, body string) (int, http.Header, str
 	return resp.StatusCode, resp.Header, string(b)
 }
 
-// failProduce makes the broker refuse produce requests with a non-retriable
-// error while on is set.
-func failProduce(c *kfake.Cluster, on *atomic.Bool) {
-	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		if !on.Load() {
-			return nil, nil, false
-		}
-		preq := req.(*kmsg.ProduceRequest)
-		resp := preq.ResponseKind().(*kmsg.ProduceResponse)
-		for _, rt := range preq.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic, st.TopicID = rt.Topic, rt.TopicID
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition, sp.ErrorCode = rp.Partition, kerr.InvalidRecord.Code
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
-	})
-}
-
 // A produce the broker definitely refused answers 503 + Retry-After and gives
 // the stock back; nothing is in Kafka for it.
 func TestProduceFailureGivesStockBack(t *testing.T) {
 	kf := testenv.Broker(t, 3)
 	var failing atomic.Bool
 	failing.Store(true)
-	failProduce(kf.Cluster(), &failing)
+	countProduces(kf.Cluster(), &failing)
 	s := startTestEdge(t, kf, "FAIL-1", 3)
 
 	for i := 0; i < 5; i++ {

@@ -118,7 +118,7 @@ func TestIdempotencyAfterFailure(t *testing.T) {
 	kf := testenv.Broker(t, 1)
 	var failing atomic.Bool
 	failing.Store(true)
-	failProduce(kf.Cluster(), &failing)
+	countProduces(kf.Cluster(), &failing)
 	s := startTestEdge(t, kf, "I-3", 5)
 	body := `{"sku":"I-3","qty":1}`
 	if r := postIdem(t, s.cfg.Addr, "dave", "k", body); r.code != 503 {

@@ -180,7 +180,7 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 
 	sl := cs.push()
 	sl.state.Store(slotPending)
-	sl.orderID, sl.item, sl.purchase, sl.qty, sl.close, sl.startNs = id, it, d.purchase, qty, closeAfter, nowNs
+	sl.orderID, sl.item, sl.purchase, sl.qty, sl.close, sl.startNs, sl.probe = id, it, d.purchase, qty, closeAfter, nowNs, d.probe
 	sl.idemK, sl.idemHash = append(sl.idemK[:0], d.idemK...), d.idemHash
 	if closeAfter {
 		cs.closing = true
@@ -237,10 +237,17 @@ func (sl *slot) accepted() {
 func (sl *slot) onProduced(_ *kgo.Record, err error) {
 	s := sl.cs.srv
 	defer s.produces.Add(-1)
+	nowNs := time.Now().UnixNano()
 	if err == nil {
+		s.breaker.done(nowNs, true, sl.probe)
 		sl.accepted()
 		sl.complete()
 		return
+	}
+	if !errors.Is(err, kgo.ErrMaxBuffered) { // a full buffer is the edge's doing, not Kafka's
+		s.breaker.done(nowNs, false, sl.probe)
+	} else {
+		s.breaker.cancelProbe(sl.probe)
 	}
 	if definiteFailure(err) {
 		// The record was never written: give the stock and the purchase back.
@@ -254,6 +261,7 @@ func (sl *slot) onProduced(_ *kgo.Record, err error) {
 		// ledger resolves the order later.
 		produceUnknownTotal.Inc()
 		slog.Warn("edge: order outcome unknown; stock kept taken until reconciled", "order_id", sl.orderID, "err", err)
+		sl.unknown(nowNs)
 	}
 	responsesTotal[503].Inc()
 	h := respHeader{contentType: "application/problem+json", retryAfter: 1, close: sl.close}

@@ -35,6 +35,10 @@ type Server struct {
 	// recent answers GET for orders accepted but not yet in the ledger.
 	recent *recentOrders
 	gens   []*orderid.Generator // one per shard
+	// breaker sheds orders while Kafka fails; unknown holds the orders whose
+	// produce outcome is unknown, until reconciled.
+	breaker *breaker
+	unknown *unknownOrders
 
 	shardsMu sync.Mutex
 	shards   atomic.Pointer[[]*shard] // index = shard number
@@ -70,6 +74,8 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 		purchases: newPurchaseTable(cfg.PurchaseSlots),
 		idem:      newIdemStore(cfg.IdempotencyBytes),
 		recent:    newRecentOrders(cfg.RecentOrders),
+		breaker:   newBreaker(&cfg),
+		unknown:   &unknownOrders{max: cfg.MaxUnknownOrders},
 		booted:    make(chan struct{}),
 		runErr:    make(chan error, 1),
 		readSem:   make(chan struct{}, cfg.MaxReadsInFlight),
@@ -103,7 +109,20 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 		kgo.ProducerBatchCompression(kgo.ZstdCompression(), kgo.NoCompression()),
 		kgo.ProducerLinger(cfg.ProduceLinger),
 		kgo.MaxBufferedRecords(cfg.MaxBufferedRecords),
+		kgo.MaxBufferedBytes(cfg.MaxBufferedBytes),
+		kgo.ProducerBatchMaxBytes(int32(cfg.ProduceBatchBytes)),
 		kgo.RecordDeliveryTimeout(cfg.DeliveryTimeout),
+		// A record in a request the broker has not answered fails at its
+		// delivery timeout too: the client is answered 503 in bounded time
+		// and the order is reconciled (the edge never re-produces a record,
+		// so the dedupe this gives up is not one it relies on; ingest
+		// dedupes by order id).
+		kgo.AllowIdempotentProduceCancellation(),
+		// The delivery timeout is only checked before a request is written
+		// and after its response: a broker that never answers is given up
+		// on by these (the defaults, 10 s + 10 s, would keep clients 20 s).
+		kgo.ProduceRequestTimeout(cfg.DeliveryTimeout/2),
+		kgo.RequestTimeoutOverhead(cfg.DeliveryTimeout/2),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), // keyed by user id
 	)
 	if err != nil {
@@ -163,6 +182,12 @@ func (s *Server) Start() error {
 		ctx, cancel := context.WithCancel(context.Background())
 		s.stopTicker = cancel
 		go s.runTicker(ctx)
+		if !s.cfg.UnsafeNoKafka {
+			if s.pool == nil {
+				slog.Warn("edge: no ledger: orders of unknown produce outcome keep their stock taken (not reconciled)")
+			}
+			go s.runHandoff(ctx)
+		}
 		return nil
 	case err := <-s.runErr:
 		return fmt.Errorf("edge cannot serve on %s: %w; possible fix: --edge-addr with a free port", s.cfg.Addr, err)

@@ -241,3 +241,33 @@ type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
+
+// FindOrders returns which of ids the ledger holds. The ids' times bound the
+// partitions scanned.
+func FindOrders(ctx context.Context, q Querier, ids []int64) (map[int64]bool, error) {
+	found := make(map[int64]bool, len(ids))
+	if len(ids) == 0 {
+		return found, nil
+	}
+	lo, hi := ids[0], ids[0]
+	for _, id := range ids {
+		lo, hi = min(lo, id), max(hi, id)
+	}
+	rows, err := q.Query(ctx, `SELECT order_id FROM orders WHERE order_id = ANY($1) AND created_at BETWEEN $2 AND $3`,
+		ids, orderid.Time(lo), orderid.Time(hi))
+	if err != nil {
+		return nil, fmt.Errorf("looking up %d orders: %w", len(ids), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		found[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("looking up %d orders: %w", len(ids), err)
+	}
+	return found, nil
+}

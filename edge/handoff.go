@@ -1,0 +1,312 @@
+package edge
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+
+	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/broker"
+)
+
+// breaker sheds orders while Kafka keeps failing, so that they are refused
+// with 503 at once, before any stock is taken, instead of each waiting for
+// its delivery timeout.
+//
+//	closed     every order is produced
+//	open       orders are refused until openUntil
+//	half-open  after openUntil: one order at a time is produced as a probe;
+//	           its success closes the breaker, its failure opens it again
+//
+// It opens after -edge.breakerFailures produce failures in a row, or when
+// produces wait and none has completed for -edge.breakerStall (a broker that
+// stopped answering fails nothing until the delivery timeout). Any success
+// closes it. All methods are lock-free and safe from any goroutine.
+type breaker struct {
+	failures  int64 // in a row, to open
+	cooldown  int64 // ns open before the next probe
+	stall     int64 // ns without a completion, with produces waiting, to open
+	inRow     atomic.Int64
+	openUntil atomic.Int64 // ns; 0 when closed
+	probing   atomic.Bool  // a half-open probe is in flight
+	// lastDone is when the last produce completed (or when produces last
+	// started waiting on an idle producer); for stall detection.
+	lastDone atomic.Int64
+}
+
+func newBreaker(cfg *Config) *breaker {
+	b := &breaker{failures: int64(cfg.BreakerFailures), cooldown: int64(cfg.BreakerCooldown), stall: int64(cfg.BreakerStall)}
+	b.lastDone.Store(time.Now().UnixNano())
+	return b
+}
+
+// allow reports whether an order may be produced now, and whether it is the
+// half-open probe; when not, retryAfter is the Retry-After in seconds.
+func (b *breaker) allow(nowNs int64) (ok, probe bool, retryAfter int) {
+	until := b.openUntil.Load()
+	switch {
+	case until == 0:
+		return true, false, 0
+	case nowNs < until:
+		return false, false, int((until - nowNs + int64(time.Second) - 1) / int64(time.Second))
+	case b.probing.CompareAndSwap(false, true):
+		breakerProbesTotal.Inc()
+		return true, true, 0
+	default:
+		return false, false, 1
+	}
+}
+
+// cancelProbe frees the probe turn of an order that was refused after all.
+func (b *breaker) cancelProbe(probe bool) {
+	if probe {
+		b.probing.Store(false)
+	}
+}
+
+// done records a produce's outcome. Failures the edge caused itself (its
+// buffer full) do not count.
+func (b *breaker) done(nowNs int64, ok, probe bool) {
+	b.lastDone.Store(nowNs)
+	if probe {
+		b.probing.Store(false)
+	}
+	if ok {
+		b.inRow.Store(0)
+		if b.openUntil.Swap(0) != 0 {
+			slog.Info("edge: Kafka acks again; taking orders")
+		}
+		return
+	}
+	if n := b.inRow.Add(1); probe || n >= b.failures {
+		b.open(nowNs, fmt.Sprintf("%d produce failures in a row", n))
+	}
+}
+
+// check opens the breaker when produces wait and none completed for the
+// stall time. pending is the number of produces waiting.
+func (b *breaker) check(nowNs, pending int64) {
+	last := b.lastDone.Load()
+	if pending == 0 {
+		b.lastDone.Store(nowNs) // idle: a stall counts from when produces start waiting
+		return
+	}
+	if nowNs-last >= b.stall && b.openUntil.Load() == 0 {
+		b.open(nowNs, fmt.Sprintf("no produce completed for %v with %d waiting", time.Duration(nowNs-last), pending))
+	}
+}
+
+func (b *breaker) open(nowNs int64, why string) {
+	if b.openUntil.Swap(nowNs+b.cooldown) == 0 {
+		breakerOpensTotal.Inc()
+		slog.Warn("edge: Kafka is failing; shedding orders with 503", "why", why, "probe_every", time.Duration(b.cooldown))
+	}
+}
+
+// state is the breaker's state for status pages: closed, open or half-open.
+func (b *breaker) state(nowNs int64) string {
+	switch until := b.openUntil.Load(); {
+	case until == 0:
+		return "closed"
+	case nowNs < until:
+		return "open"
+	default:
+		return "half-open"
+	}
+}
+
+// unknownOrder is an order whose produce outcome is unknown (a timeout, a
+// connection lost mid-request): its record may or may not be in Kafka. Its
+// stock stays taken until reconciliation finds out.
+type unknownOrder struct {
+	id       int64
+	atNs     int64
+	shard    int
+	item     *saleItem
+	purchase *purchaseSlot
+	qty      int64
+	user     string
+	sku      string
+	idemK    []byte
+	idemHash uint64
+}
+
+// unknownOrders is the queue of orders awaiting reconciliation, bounded by
+// -edge.maxUnknownOrders. It is used off the event loops only.
+type unknownOrders struct {
+	mu      sync.Mutex
+	max     int
+	pending []unknownOrder
+}
+
+// add queues an order; when the queue is full the order is only logged: its
+// stock stays taken until the edge restarts and rebuilds stock from the
+// ledger (never oversold, maybe undersold).
+func (u *unknownOrders) add(o unknownOrder) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.pending) >= u.max {
+		return false
+	}
+	u.pending = append(u.pending, o)
+	unknownPending.Set(float64(len(u.pending)))
+	return true
+}
+
+// takeSettled removes and returns the orders that failed before cutoff.
+func (u *unknownOrders) takeSettled(cutoffNs int64) []unknownOrder {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var out, keep []unknownOrder
+	for _, o := range u.pending {
+		if o.atNs <= cutoffNs {
+			out = append(out, o)
+		} else {
+			keep = append(keep, o)
+		}
+	}
+	u.pending = keep
+	unknownPending.Set(float64(len(keep)))
+	return out
+}
+
+func (u *unknownOrders) putBack(os []unknownOrder) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.pending = append(os, u.pending...)
+	unknownPending.Set(float64(len(u.pending)))
+}
+
+func (u *unknownOrders) len() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.pending)
+}
+
+// unknown records an order whose outcome is unknown, for reconciliation.
+func (sl *slot) unknown(nowNs int64) {
+	s := sl.cs.srv
+	o := unknownOrder{
+		id: sl.orderID, atNs: nowNs, shard: sl.cs.shard.idx, item: sl.item, purchase: sl.purchase, qty: sl.qty,
+		user: string(sl.key[:sl.userLen]), sku: string(sl.sku), idemK: append([]byte(nil), sl.idemK...), idemHash: sl.idemHash,
+	}
+	if !s.unknown.add(o) {
+		unknownUntrackedTotal.Inc()
+		slog.Error("edge: too many orders awaiting reconciliation; this one keeps its stock taken until the edge restarts; see -edge.maxUnknownOrders", "order_id", o.id)
+	}
+}
+
+// runHandoff watches the hand-off: it opens the breaker on a stall and
+// reconciles unknown outcomes against the ledger once they have settled.
+func (s *Server) runHandoff(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	nextReconcile := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.breaker.check(now.UnixNano(), s.produces.Load())
+			if s.pool != nil && now.After(nextReconcile) {
+				s.reconcile(ctx)
+				nextReconcile = time.Now().Add(time.Second)
+			}
+		}
+	}
+}
+
+// reconcile resolves the unknown orders that failed at least
+// -edge.reconcileAfter ago. By then the broker has appended their records
+// or never will (it handles a produce request within its request timeout;
+// the setting must exceed that). The end offsets of order.created are read,
+// ingest is waited for until it has committed up to them, and then the
+// ledger holds every order whose record is in Kafka: an order it holds
+// landed (its key now replays the order), one it lacks never will, and its
+// stock, purchase count and key are given back.
+func (s *Server) reconcile(ctx context.Context) {
+	batch := s.unknown.takeSettled(time.Now().Add(-s.cfg.ReconcileAfter).UnixNano())
+	if len(batch) == 0 {
+		return
+	}
+	if err := s.resolve(ctx, batch); err != nil {
+		s.unknown.putBack(batch)
+		slog.Warn("edge: reconciliation postponed", "orders", len(batch), "err", err)
+	}
+}
+
+func (s *Server) resolve(ctx context.Context, batch []unknownOrder) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	adm := kadm.NewClient(s.prod)
+	ends, err := adm.ListEndOffsets(ctx, broker.TopicOrderCreated)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("reading the end offsets of %s: %w", broker.TopicOrderCreated, err)
+	}
+	for {
+		behind, err := s.ingestBehind(ctx, adm, ends)
+		if err != nil {
+			return err
+		}
+		if behind == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("ingest group %q is %d records behind the offsets to check", s.cfg.IngestGroup, behind)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	ids := make([]int64, len(batch))
+	for i, o := range batch {
+		ids[i] = o.id
+	}
+	found, err := ledger.FindOrders(ctx, s.pool, ids)
+	if err != nil {
+		return err
+	}
+	var buf []byte
+	for _, o := range batch {
+		if found[o.id] {
+			if len(o.idemK) > 0 {
+				body := appendAccepted(buf[:0], o.id, []byte(o.sku), o.qty, []byte(o.user))
+				s.idem.finish(o.idemK, o.idemHash, o.id, body, nil)
+			}
+			reconciledLandedTotal.Inc()
+			slog.Info("edge: order of unknown outcome is in the ledger; it stands", "order_id", o.id)
+			continue
+		}
+		s.compensate(o.shard, o.item, o.purchase, o.idemK, o.qty)
+		reconciledReleasedTotal.Inc()
+		slog.Info("edge: order of unknown outcome never reached Kafka; its stock is given back", "order_id", o.id, "sku", o.sku, "qty", o.qty)
+	}
+	return nil
+}
+
+// ingestBehind returns how many records of ends the ingest group has not
+// committed yet.
+func (s *Server) ingestBehind(ctx context.Context, adm *kadm.Client, ends kadm.ListedOffsets) (int64, error) {
+	committed, err := adm.FetchOffsets(ctx, s.cfg.IngestGroup)
+	if err != nil {
+		return 0, fmt.Errorf("reading the offsets of ingest group %q: %w", s.cfg.IngestGroup, err)
+	}
+	var behind int64
+	ends.Each(func(e kadm.ListedOffset) {
+		at := int64(0)
+		if c, ok := committed.Lookup(e.Topic, e.Partition); ok && c.At > 0 {
+			at = c.At
+		}
+		if e.Offset > at {
+			behind += e.Offset - at
+		}
+	})
+	return behind, nil
+}

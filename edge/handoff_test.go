@@ -1,0 +1,353 @@
+package edge
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/flashgate/flashgate/ingest"
+	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/testenv"
+)
+
+func TestBreakerStates(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.BreakerFailures, cfg.BreakerCooldown, cfg.BreakerStall = 3, 2*time.Second, time.Second
+	b := newBreaker(&cfg)
+	const s = int64(time.Second)
+	now := 100 * s
+	mustAllow := func(want, wantProbe bool) {
+		t.Helper()
+		ok, probe, retry := b.allow(now)
+		if ok != want || probe != wantProbe {
+			t.Fatalf("at %v (%s): allow = %v probe %v retry %d, want %v probe %v", time.Duration(now), b.state(now), ok, probe, retry, want, wantProbe)
+		}
+		if !ok && retry < 1 {
+			t.Fatalf("refused with Retry-After %d", retry)
+		}
+	}
+	mustAllow(true, false)
+	b.done(now, false, false)
+	b.done(now, false, false)
+	b.done(now, true, false) // a success resets the count
+	b.done(now, false, false)
+	b.done(now, false, false)
+	mustAllow(true, false)
+	b.done(now, false, false) // third in a row
+	if b.state(now) != "open" {
+		t.Fatalf("after 3 failures in a row: %s", b.state(now))
+	}
+	mustAllow(false, false)
+	if _, _, retry := b.allow(now + s/2); retry != 2 {
+		t.Fatalf("Retry-After 1.5 s before the probe: %d, want 2", retry)
+	}
+	now += 2 * s // half-open: one probe at a time
+	mustAllow(true, true)
+	mustAllow(false, false)
+	b.cancelProbe(true) // the probe was refused by admission after all
+	mustAllow(true, true)
+	b.done(now, false, true) // the probe failed: open again
+	mustAllow(false, false)
+	now += 2 * s
+	mustAllow(true, true)
+	b.done(now, true, true) // the probe succeeded: closed
+	if b.state(now) != "closed" {
+		t.Fatalf("after a successful probe: %s", b.state(now))
+	}
+	mustAllow(true, false)
+
+	// A stall: produces wait and none completes for the stall time.
+	b.check(now, 0)
+	b.check(now+5*s, 0) // idle is not a stall
+	mustAllow(true, false)
+	now += 5 * s
+	b.check(now+s/2, 4)
+	mustAllow(true, false)
+	b.check(now+s, 4)
+	if b.state(now+s) != "open" {
+		t.Fatalf("after a second without completions: %s", b.state(now+s))
+	}
+}
+
+// countProduces counts the produce requests the broker receives and, while
+// fail is set, refuses them with a non-retriable error.
+func countProduces(c *kfake.Cluster, fail *atomic.Bool) *atomic.Int64 {
+	var n atomic.Int64
+	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		n.Add(1)
+		if !fail.Load() {
+			return nil, nil, false
+		}
+		return produceError(req.(*kmsg.ProduceRequest), kerr.InvalidRecord), nil, true
+	})
+	return &n
+}
+
+// produceError answers every partition of req with err.
+func produceError(req *kmsg.ProduceRequest, err *kerr.Error) *kmsg.ProduceResponse {
+	resp := req.ResponseKind().(*kmsg.ProduceResponse)
+	for _, rt := range req.Topics {
+		st := kmsg.NewProduceResponseTopic()
+		st.Topic, st.TopicID = rt.Topic, rt.TopicID
+		for _, rp := range rt.Partitions {
+			sp := kmsg.NewProduceResponseTopicPartition()
+			sp.Partition, sp.ErrorCode = rp.Partition, err.Code
+			st.Partitions = append(st.Partitions, sp)
+		}
+		resp.Topics = append(resp.Topics, st)
+	}
+	return resp
+}
+
+// While the broker keeps failing, the breaker opens and orders are refused
+// without reaching Kafka and without taking stock; a probe closes it once
+// the broker is back.
+func TestBreakerShedsWhileKafkaFails(t *testing.T) {
+	kf := testenv.Broker(t, 3)
+	var failing atomic.Bool
+	failing.Store(true)
+	produces := countProduces(kf.Cluster(), &failing)
+	s := startTestEdge(t, kf, "BRK-1", 10, func(c *Config) {
+		c.BreakerFailures, c.BreakerCooldown = 3, 300*time.Millisecond
+	})
+	for i := 0; i < 3; i++ {
+		if code, _, body := postOrder(t, s.cfg.Addr, fmt.Sprint("b", i), "BRK-1"); code != 503 {
+			t.Fatalf("order %d with the broker failing: %d %s", i, code, body)
+		}
+	}
+	if st := s.breaker.state(time.Now().UnixNano()); st != "open" {
+		t.Fatalf("breaker %s after 3 failures in a row", st)
+	}
+	before := produces.Load()
+	for i := 0; i < 20; i++ {
+		code, h, body := postOrder(t, s.cfg.Addr, fmt.Sprint("shed", i), "BRK-1")
+		if st := s.breaker.state(time.Now().UnixNano()); st != "open" {
+			break // the cooldown ran out on a slow machine: the rest is not shedding
+		}
+		if code != 503 || h.Get("Retry-After") == "" || !strings.Contains(body, "Kafka is failing") {
+			t.Fatalf("order while the breaker is open: %d %v %s", code, h, body)
+		}
+	}
+	if got := produces.Load(); got != before {
+		t.Fatalf("%d produce requests reached the broker while the breaker was open", got-before)
+	}
+	if st, _ := s.SKU("BRK-1"); st.Remaining != 10 {
+		t.Fatalf("stock after failures and shedding: %+v, want all 10 units", st)
+	}
+
+	failing.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	accepted := 0
+	for accepted < 5 && time.Now().Before(deadline) {
+		code, _, body := postOrder(t, s.cfg.Addr, fmt.Sprint("back", accepted), "BRK-1")
+		switch code {
+		case 202:
+			accepted++
+		case 503: // open until the cooldown ends
+			time.Sleep(50 * time.Millisecond)
+		default:
+			t.Fatalf("order after the broker came back: %d %s", code, body)
+		}
+	}
+	if accepted < 5 || s.breaker.state(time.Now().UnixNano()) != "closed" {
+		t.Fatalf("after the broker came back: %d accepted, breaker %s", accepted, s.breaker.state(time.Now().UnixNano()))
+	}
+	if n := countRecords(t, kf); n != 5 {
+		t.Fatalf("order.created holds %d records, want the 5 accepted", n)
+	}
+	if st, _ := s.SKU("BRK-1"); st.Remaining != 5 {
+		t.Fatalf("stock: %+v, want 5 left", st)
+	}
+}
+
+// holdProduces makes the broker sit on produce requests while hold is set;
+// when it is cleared each held request is appended normally, or refused
+// (nothing written) if drop was set when it arrived.
+func holdProduces(c *kfake.Cluster, hold, drop *atomic.Bool, held *atomic.Int64) {
+	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if !hold.Load() {
+			return nil, nil, false
+		}
+		held.Add(1)
+		dropIt := drop.Load()
+		c.SleepControl(func() {
+			for hold.Load() {
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+		if dropIt {
+			return produceError(req.(*kmsg.ProduceRequest), kerr.NotEnoughReplicas), nil, true
+		}
+		return nil, nil, false
+	})
+}
+
+// A broker that stops answering: orders in flight are answered 503 by their
+// delivery timeout, and within the stall time new orders are shed at once.
+func TestStalledBrokerIsShed(t *testing.T) {
+	kf := testenv.Broker(t, 1)
+	var hold, drop atomic.Bool
+	var held atomic.Int64
+	hold.Store(true)
+	drop.Store(true)
+	holdProduces(kf.Cluster(), &hold, &drop, &held)
+	t.Cleanup(func() { hold.Store(false) })
+	s := startTestEdge(t, kf, "STALL-1", 10, func(c *Config) {
+		c.DeliveryTimeout, c.BreakerStall, c.BreakerCooldown = 2*time.Second, 200*time.Millisecond, time.Minute
+	})
+	first := make(chan int, 1)
+	go func() {
+		code, _, _ := postOrder(t, s.cfg.Addr, "stalled", "STALL-1")
+		first <- code
+	}()
+	for s.breaker.state(time.Now().UnixNano()) == "closed" {
+		time.Sleep(10 * time.Millisecond)
+	}
+	code, _, body := postOrder(t, s.cfg.Addr, "later", "STALL-1")
+	select {
+	case c := <-first:
+		t.Fatalf("the order in the stalled produce was answered (%d) before the shed one", c)
+	default:
+	}
+	if code != 503 || !strings.Contains(body, "Kafka is failing") {
+		t.Fatalf("order while the broker stalls: %d %s", code, body)
+	}
+	if c := <-first; c != 503 {
+		t.Fatalf("order in the stalled produce: %d, want 503 by its delivery timeout", c)
+	}
+	if held.Load() == 0 {
+		t.Fatal("the broker never held a produce: the test proved nothing")
+	}
+	// Its outcome is unknown: the unit stays taken until reconciliation.
+	if st, _ := s.SKU("STALL-1"); st.Remaining != 9 || s.unknown.len() != 1 {
+		t.Fatalf("after the timeout: %+v, %d unknown; want 9 left and 1 unknown", st, s.unknown.len())
+	}
+}
+
+// Orders whose produce timed out are reconciled against the ledger: one
+// whose record landed after all stands (its key replays it), one that never
+// reached Kafka gives its unit and its key back.
+func TestUnknownOutcomesReconciled(t *testing.T) {
+	kf := testenv.Broker(t, 1)
+	pool, url := testenv.Ledger(t)
+	var hold, drop atomic.Bool
+	var held atomic.Int64
+	holdProduces(kf.Cluster(), &hold, &drop, &held)
+	t.Cleanup(func() { hold.Store(false) })
+
+	icfg := ingest.DefaultConfig()
+	icfg.Brokers = []string{kf.Addr()}
+	ipool, err := ledger.Open(context.Background(), url, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ipool.Close)
+	svc, err := ingest.Start(icfg, ipool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(svc.Stop)
+
+	cfg := DefaultConfig()
+	cfg.Addr, cfg.Brokers = freeAddr(t), []string{kf.Addr()}
+	cfg.DeliveryTimeout, cfg.ReconcileAfter = time.Second, 2*time.Second
+	cfg.BreakerFailures, cfg.BreakerStall = 100, time.Hour // this test is about reconciliation
+	s, err := New(cfg, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.items.put(ledger.SaleItem{SKU: "REC-1", Stock: 2, PriceCents: 100}, -1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Stop(context.Background()) })
+	body := `{"sku":"REC-1","qty":1}`
+	remaining := func() int64 { st, _ := s.SKU("REC-1"); return st.Remaining }
+	waitReconciled := func() {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for s.unknown.len() > 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d orders still unknown", s.unknown.len())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+
+	// 1. The record lands after the client was answered 503.
+	hold.Store(true)
+	if code, _, b := post(t, s.cfg.Addr, "lander", "k-land", body); code != 503 {
+		t.Fatalf("order with the broker holding it: %d %s", code, b)
+	}
+	if code, _, b := post(t, s.cfg.Addr, "lander", "k-land", body); code != 409 || !strings.Contains(b, "idempotency-in-flight") {
+		t.Fatalf("retry while the outcome is unknown: %d %s, want 409 idempotency-in-flight", code, b)
+	}
+	hold.Store(false) // the held request is appended now
+	waitReconciled()
+	if got := remaining(); got != 1 {
+		t.Fatalf("after the landed order was reconciled: %d left, want 1", got)
+	}
+	code, _, landed := post(t, s.cfg.Addr, "lander", "k-land", body)
+	if code != 202 {
+		t.Fatalf("retry after reconciliation: %d %s, want the landed order's 202", code, landed)
+	}
+
+	// 2. The record never reaches Kafka.
+	drop.Store(true)
+	hold.Store(true)
+	if code, _, b := post(t, s.cfg.Addr, "loser", "k-lost", body); code != 503 {
+		t.Fatalf("order with the broker holding it: %d %s", code, b)
+	}
+	if got := remaining(); got != 0 {
+		t.Fatalf("unit of the unknown order: %d left, want 0 until reconciled", got)
+	}
+	hold.Store(false) // the held request is refused: nothing written
+	drop.Store(false)
+	waitReconciled()
+	if got := remaining(); got != 1 {
+		t.Fatalf("after the lost order was reconciled: %d left, want its unit back", got)
+	}
+	code, _, retried := post(t, s.cfg.Addr, "loser", "k-lost", body)
+	if code != 202 || orderIDOf(t, retried) == orderIDOf(t, landed) {
+		t.Fatalf("retry of the lost order: %d %s, want a new 202", code, retried)
+	}
+
+	// The ledger: the landed order and the retried one, once each.
+	ctx := context.Background()
+	if err := ingest.WaitCaughtUp(ctx, s.prod, icfg.Group, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM orders WHERE sku = 'REC-1'`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 || countRecords(t, kf) != 2 {
+		t.Fatalf("ledger holds %d orders, Kafka %d records; want 2 and 2", n, countRecords(t, kf))
+	}
+	if held.Load() < 2 {
+		t.Fatalf("the broker held %d produces, want 2: the test proved nothing", held.Load())
+	}
+}
+
+func orderIDOf(t *testing.T, body string) string {
+	t.Helper()
+	var v struct {
+		OrderID string `json:"order_id"`
+	}
+	if err := json.Unmarshal([]byte(body), &v); err != nil || v.OrderID == "" {
+		t.Fatalf("no order_id in %q (%v)", body, err)
+	}
+	return v.OrderID
+}

@@ -23,15 +23,21 @@ import (
 //	half-open  after openUntil: one order at a time is produced as a probe;
 //	           its success closes the breaker, its failure opens it again
 //
-// It opens after -edge.breakerFailures produce failures in a row, or when
-// produces wait and none has completed for -edge.breakerStall (a broker that
-// stopped answering fails nothing until the delivery timeout). Any success
-// closes it. All methods are lock-free and safe from any goroutine.
+// It opens after -edge.breakerFailures produce failures in a row spanning
+// at least breakerMinFailSpan (the records of one refused batch fail
+// together: that is one failure of the broker, not a broker that keeps
+// failing), or when produces wait and none has completed for
+// -edge.breakerStall (a broker that stopped answering fails nothing until
+// the delivery timeout). Any success closes it. All methods are lock-free
+// and safe from any goroutine.
+const breakerMinFailSpan = 100 * time.Millisecond
+
 type breaker struct {
 	failures  int64 // in a row, to open
 	cooldown  int64 // ns open before the next probe
 	stall     int64 // ns without a completion, with produces waiting, to open
 	inRow     atomic.Int64
+	firstFail atomic.Int64 // ns of the first failure of the current row; 0 after a success
 	openUntil atomic.Int64 // ns; 0 when closed
 	probing   atomic.Bool  // a half-open probe is in flight
 	// lastDone is when the last produce completed (or when produces last
@@ -78,13 +84,16 @@ func (b *breaker) done(nowNs int64, ok, probe bool) {
 	}
 	if ok {
 		b.inRow.Store(0)
+		b.firstFail.Store(0)
 		if b.openUntil.Swap(0) != 0 {
 			slog.Info("edge: Kafka acks again; taking orders")
 		}
 		return
 	}
-	if n := b.inRow.Add(1); probe || n >= b.failures {
-		b.open(nowNs, fmt.Sprintf("%d produce failures in a row", n))
+	b.firstFail.CompareAndSwap(0, nowNs)
+	n, span := b.inRow.Add(1), nowNs-b.firstFail.Load()
+	if probe || n >= b.failures && span >= int64(breakerMinFailSpan) {
+		b.open(nowNs, fmt.Sprintf("%d produce failures in a row over %v", n, time.Duration(span)))
 	}
 }
 

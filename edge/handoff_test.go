@@ -4,17 +4,25 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/flashgate/flashgate/ingest"
 	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/broker"
 	"github.com/flashgate/flashgate/lib/testenv"
 )
 
@@ -38,12 +46,14 @@ func TestBreakerStates(t *testing.T) {
 	b.done(now, false, false)
 	b.done(now, false, false)
 	b.done(now, true, false) // a success resets the count
-	b.done(now, false, false)
-	b.done(now, false, false)
+	for range 10 {           // one refused batch: many records fail at once
+		b.done(now, false, false)
+	}
 	mustAllow(true, false)
-	b.done(now, false, false) // third in a row
+	now += int64(breakerMinFailSpan)
+	b.done(now, false, false) // a failure in a row after the minimum span
 	if b.state(now) != "open" {
-		t.Fatalf("after 3 failures in a row: %s", b.state(now))
+		t.Fatalf("after failures in a row over %v: %s", breakerMinFailSpan, b.state(now))
 	}
 	mustAllow(false, false)
 	if _, _, retry := b.allow(now + s/2); retry != 2 {
@@ -123,9 +133,12 @@ func TestBreakerShedsWhileKafkaFails(t *testing.T) {
 		if code, _, body := postOrder(t, s.cfg.Addr, fmt.Sprint("b", i), "BRK-1"); code != 503 {
 			t.Fatalf("order %d with the broker failing: %d %s", i, code, body)
 		}
+		if i < 2 {
+			time.Sleep(breakerMinFailSpan / 2)
+		}
 	}
 	if st := s.breaker.state(time.Now().UnixNano()); st != "open" {
-		t.Fatalf("breaker %s after 3 failures in a row", st)
+		t.Fatalf("breaker %s after 3 failures in a row over %v", st, breakerMinFailSpan)
 	}
 	before := produces.Load()
 	for i := 0; i < 20; i++ {
@@ -350,4 +363,171 @@ func orderIDOf(t *testing.T, body string) string {
 		t.Fatalf("no order_id in %q (%v)", body, err)
 	}
 	return v.OrderID
+}
+
+// testSeeds returns the seeds of a randomized test: fixed ones and a fresh
+// one, or only FLASHGATE_SEED when it is set (to replay a failure).
+func testSeeds(t *testing.T) []uint64 {
+	if env := os.Getenv("FLASHGATE_SEED"); env != "" {
+		seed, err := strconv.ParseUint(env, 10, 64)
+		if err != nil {
+			t.Fatalf("FLASHGATE_SEED=%q: %v", env, err)
+		}
+		return []uint64{seed}
+	}
+	return []uint64{1, uint64(time.Now().UnixNano())}
+}
+
+// Concurrent orders while the broker misbehaves at random (seeded): refused
+// produces, retriable errors, slow acks, dropped connections, produces held
+// past the delivery timeout. Afterwards: every 202 order is in Kafka; every
+// record in Kafka is a 202 order or one of unknown outcome (none of an order
+// whose stock was given back); the stock is exactly what the 202 and the
+// unknown orders took; no request waited past its deadline.
+func TestHandoffUnderFaults(t *testing.T) {
+	for _, seed := range testSeeds(t) {
+		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) { handoffUnderFaults(t, seed) })
+	}
+}
+
+func handoffUnderFaults(t *testing.T, seed uint64) {
+	kf := testenv.Broker(t, 3)
+	c := kf.Cluster()
+	var mu sync.Mutex
+	rng := rand.New(rand.NewPCG(seed, 7))
+	var faults [6]atomic.Int64 // pass, refuse, retriable, slow, drop connection, hold
+	var stopped atomic.Bool
+	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		mu.Lock()
+		p, d := rng.IntN(100), time.Duration(rng.IntN(300))*time.Millisecond
+		mu.Unlock()
+		if stopped.Load() {
+			return nil, nil, false
+		}
+		preq := req.(*kmsg.ProduceRequest)
+		switch {
+		case p < 55:
+			faults[0].Add(1)
+			return nil, nil, false
+		case p < 65:
+			faults[1].Add(1)
+			return produceError(preq, kerr.InvalidRecord), nil, true
+		case p < 75:
+			faults[2].Add(1)
+			return produceError(preq, kerr.NotEnoughReplicas), nil, true
+		case p < 88:
+			faults[3].Add(1)
+			c.SleepControl(func() { time.Sleep(d) })
+			return nil, nil, false
+		case p < 94:
+			faults[4].Add(1)
+			return nil, fmt.Errorf("injected: connection dropped"), true
+		default:
+			faults[5].Add(1)
+			c.SleepControl(func() { time.Sleep(1500*time.Millisecond + d) })
+			return nil, nil, false
+		}
+	})
+	const stock = 100_000
+	s := startTestEdge(t, kf, "FLT-1", stock, func(c *Config) {
+		c.DeliveryTimeout, c.BreakerCooldown = time.Second, 100*time.Millisecond
+		c.RatePerIP = RateLimit{}
+	})
+	deadline := s.cfg.DeliveryTimeout + 3*time.Second // the produce's bound, plus slack for a loaded machine
+	client := &http.Client{Timeout: deadline}
+
+	const clients, perClient = 16, 40
+	var wg sync.WaitGroup
+	var amu sync.Mutex
+	accepted := map[string]int64{} // order id -> qty
+	var codes [600]atomic.Int64
+	for g := 0; g < clients; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < perClient; i++ {
+				qty := int64(1 + (g+i)%3)
+				req, _ := http.NewRequest("POST", "http://"+s.cfg.Addr+"/v1/orders", strings.NewReader(fmt.Sprintf(`{"sku":"FLT-1","qty":%d}`, qty)))
+				req.Header.Set("X-User-ID", fmt.Sprintf("f%d-%d", g, i))
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Errorf("request failed or waited past %v: %v", deadline, err)
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				codes[resp.StatusCode].Add(1)
+				switch resp.StatusCode {
+				case 202:
+					amu.Lock()
+					accepted[orderIDOf(t, string(b))] = qty
+					amu.Unlock()
+				case 503:
+					time.Sleep(20 * time.Millisecond) // a client backing off
+				default:
+					t.Errorf("unexpected answer %d %s", resp.StatusCode, b)
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	for s.produces.Load() > 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopped.Store(true)
+	t.Logf("seed %d: 202: %d, 503: %d; produce requests passed %d, refused %d, retriable %d, slow %d, dropped %d, held %d; unknown %d",
+		seed, codes[202].Load(), codes[503].Load(), faults[0].Load(), faults[1].Load(), faults[2].Load(), faults[3].Load(), faults[4].Load(), faults[5].Load(), s.unknown.len())
+	if codes[202].Load() == 0 || codes[503].Load() == 0 {
+		t.Fatalf("seed %d: the faults did not bite (or nothing passed): %d accepted, %d refused", seed, codes[202].Load(), codes[503].Load())
+	}
+
+	unknown := map[string]int64{}
+	for _, o := range s.unknown.takeSettled(time.Now().UnixNano()) {
+		unknown[fmt.Sprint(o.id)] = o.qty
+	}
+	inKafka := map[string]bool{}
+	for _, v := range consumeValues(t, kf) {
+		inKafka[orderIDOf(t, v)] = true
+	}
+	var taken int64
+	for id, qty := range accepted {
+		taken += qty
+		if !inKafka[id] {
+			t.Errorf("seed %d: order %s was answered 202 but is not in order.created", seed, id)
+		}
+	}
+	for id := range inKafka {
+		if _, ok := accepted[id]; !ok {
+			if _, ok := unknown[id]; !ok {
+				t.Errorf("seed %d: order %s is in order.created but was neither accepted nor of unknown outcome: its stock was given back", seed, id)
+			}
+		}
+	}
+	for _, qty := range unknown {
+		taken += qty
+	}
+	if st, _ := s.SKU("FLT-1"); st.Remaining != stock-taken {
+		t.Fatalf("seed %d: %d units left, want %d - %d taken by accepted and unknown orders", seed, st.Remaining, stock, taken)
+	}
+}
+
+// consumeValues returns the values of every record in order.created.
+func consumeValues(t *testing.T, kf *broker.Embedded) []string {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(kf.Addr()), kgo.ConsumeTopics(broker.TopicOrderCreated), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var out []string
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		fs := cl.PollFetches(ctx)
+		cancel()
+		if fs.NumRecords() == 0 {
+			return out
+		}
+		fs.EachRecord(func(r *kgo.Record) { out = append(out, string(r.Value)) })
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/flashgate/flashgate/ingest"
 	"github.com/flashgate/flashgate/ledger"
@@ -26,26 +27,42 @@ func requireBackends(needKafka bool) ([]string, string, error) {
 	return brokers, *databaseURL, nil
 }
 
+// kafkaAdmin connects to the brokers with the --kafka-tls* and --kafka-sasl-*
+// settings, which it returns as client options for the other clients, and
+// makes the topics that are missing.
+func kafkaAdmin(ctx context.Context, brokers []string) (*kgo.Client, []kgo.Opt, error) {
+	opts, err := kafkaSecurity.Opts()
+	if err != nil {
+		return nil, nil, err
+	}
+	adm, err := broker.NewAdmin(brokers, opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := broker.EnsureTopics(ctx, adm, int32(*partitions), -1); err != nil {
+		adm.Close()
+		return nil, nil, kafkaSecurity.Explain(err)
+	}
+	return adm, opts, nil
+}
+
 func runEdge(ctx context.Context) error {
 	brokers, url, err := requireBackends(true)
 	if err != nil {
 		return err
 	}
+	adm, opts, err := kafkaAdmin(ctx, brokers)
+	if err != nil {
+		return err
+	}
+	defer adm.Close()
 	pool, err := ledger.Open(ctx, url, 32)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	adm, err := broker.NewAdmin(brokers)
-	if err != nil {
-		return err
-	}
-	defer adm.Close()
-	if err := broker.EnsureTopics(ctx, adm, int32(*partitions), -1); err != nil {
-		return err
-	}
 	cfg := edgeConfigFromFlags()
-	cfg.Brokers = brokers
+	cfg.Brokers, cfg.KafkaOpts = brokers, opts
 	e, err := startEdge(ctx, cfg, pool, adm, ingest.FlagConfig().Group, *adminAddr)
 	if err != nil {
 		return err
@@ -60,8 +77,13 @@ func runIngest(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	adm, opts, err := kafkaAdmin(ctx, brokers)
+	if err != nil {
+		return err
+	}
+	adm.Close()
 	cfg := ingest.FlagConfig()
-	cfg.Brokers = brokers
+	cfg.Brokers, cfg.KafkaOpts = brokers, opts
 	pool, err := prepareLedger(ctx, url, cfg.PartitionsAheadDays)
 	if err != nil {
 		return err

@@ -26,18 +26,20 @@ type devOptions struct {
 	AdminAddr    string
 	KafkaAddr    string
 	KafkaBrokers string // empty = embedded broker
-	DatabaseURL  string // empty = private cluster
-	Demo         bool
-	Partitions   int32
-	Edge         edge.Config
-	Ingest       ingest.Config
-	PGNoFsync    bool // throwaway clusters in tests
+	// KafkaSecurity is TLS and SASL towards KafkaBrokers.
+	KafkaSecurity *broker.Security
+	DatabaseURL   string // empty = private cluster
+	Demo          bool
+	Partitions    int32
+	Edge          edge.Config
+	Ingest        ingest.Config
+	PGNoFsync     bool // throwaway clusters in tests
 }
 
 func devOptionsFromFlags() devOptions {
 	return devOptions{
 		DataDir: *dataDir, EdgeAddr: *edgeAddr, AdminAddr: *adminAddr, KafkaAddr: *kafkaAddr,
-		KafkaBrokers: *kafkaBrokers, DatabaseURL: *databaseURL, Demo: *demo, Partitions: int32(*partitions),
+		KafkaBrokers: *kafkaBrokers, KafkaSecurity: kafkaSecurity, DatabaseURL: *databaseURL, Demo: *demo, Partitions: int32(*partitions),
 		Edge: edgeConfigFromFlags(), Ingest: ingest.FlagConfig(),
 	}
 }
@@ -108,7 +110,16 @@ func runDev(ctx context.Context, o devOptions, ready func(devEnv)) (err error) {
 	}
 
 	brokers := broker.Seeds(o.KafkaBrokers)
-	if len(brokers) == 0 {
+	var kafkaOpts []kgo.Opt // TLS and SASL apply to real clusters, not the embedded broker
+	if o.KafkaSecurity == nil {
+		o.KafkaSecurity = &broker.Security{}
+	}
+	if len(brokers) > 0 {
+		var err error
+		if kafkaOpts, err = o.KafkaSecurity.Opts(); err != nil {
+			return err
+		}
+	} else {
 		kf, err := broker.StartEmbedded(o.KafkaAddr, filepath.Join(dir, "kafka"), o.Partitions)
 		if err != nil {
 			return err
@@ -117,13 +128,13 @@ func runDev(ctx context.Context, o devOptions, ready func(devEnv)) (err error) {
 		brokers = []string{kf.Addr()}
 		slog.Info("dev: embedded Kafka broker up", "addr", kf.Addr(), "log", filepath.Join(dir, "kafka"))
 	}
-	adm, err := broker.NewAdmin(brokers)
+	adm, err := broker.NewAdmin(brokers, kafkaOpts...)
 	if err != nil {
 		return err
 	}
 	stops = append(stops, adm.Close)
 	if err := broker.EnsureTopics(ctx, adm, o.Partitions, -1); err != nil {
-		return err
+		return o.KafkaSecurity.Explain(err)
 	}
 
 	pool, err := prepareLedger(ctx, dbURL, o.Ingest.PartitionsAheadDays)
@@ -132,7 +143,7 @@ func runDev(ctx context.Context, o devOptions, ready func(devEnv)) (err error) {
 	}
 	stops = append(stops, pool.Close)
 
-	o.Ingest.Brokers = brokers
+	o.Ingest.Brokers, o.Ingest.KafkaOpts = brokers, kafkaOpts
 	ing, err := ingest.Start(o.Ingest, pool)
 	if err != nil {
 		return err
@@ -146,7 +157,7 @@ func runDev(ctx context.Context, o devOptions, ready func(devEnv)) (err error) {
 		ing.Stop()
 	})
 
-	o.Edge.Addr, o.Edge.Brokers = o.EdgeAddr, brokers
+	o.Edge.Addr, o.Edge.Brokers, o.Edge.KafkaOpts = o.EdgeAddr, brokers, kafkaOpts
 	e, err := startEdge(ctx, o.Edge, pool, adm, o.Ingest.Group, o.AdminAddr)
 	if err != nil {
 		return err

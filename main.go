@@ -12,6 +12,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/flashgate/flashgate/lib/broker"
 )
 
 // Flags of the contract (shared by the subcommands that use them).
@@ -27,6 +29,8 @@ var (
 	trustProxy   = flag.String("trust-proxy", "127.0.0.0/8", "comma list of CIDRs whose X-Forwarded-For is believed for the client IP")
 	partitions   = flag.Int("kafka.partitions", 6, "partitions of the topics flashgate creates when they are missing")
 	logLevel     = flag.String("log.level", "info", "log level: debug, info, warn, error")
+	// TLS and SASL towards real Kafka clusters (--kafka-tls*, --kafka-sasl-*).
+	kafkaSecurity = broker.RegisterFlags(flag.CommandLine)
 )
 
 const usage = `flashgate: flash-sale order intake.

@@ -11,14 +11,18 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // Config configures an edge. Every default says why it is what it is.
 type Config struct {
 	Addr    string   // listen address of the HTTP server
 	Brokers []string // Kafka seed brokers
-	Auth    string   // "dev": trust X-User-ID; "jwt": verified bearer tokens
-	JWT     JWTConfig
+	// KafkaOpts are extra producer client options: TLS, SASL.
+	KafkaOpts []kgo.Opt
+	Auth      string // "dev": trust X-User-ID; "jwt": verified bearer tokens
+	JWT       JWTConfig
 	// TrustProxy lists the peers whose X-Forwarded-For is believed.
 	TrustProxy []netip.Prefix
 

@@ -101,7 +101,7 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 	s.maxInbound = 2 * (cfg.MaxRequestLineBytes + cfg.MaxHeaderBytes + cfg.MaxBodyBytes)
 	s.connRefusal = appendResponse(nil, 503, &respHeader{contentType: "application/problem+json", retryAfter: 1, close: true},
 		appendProblem(nil, 503, probUnavailable, "too many connections; see -edge.maxConns"))
-	prod, err := kgo.NewClient(
+	prod, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.DefaultProduceTopic(broker.TopicOrderCreated),
 		// A 202 means the record is on every in-sync replica.
@@ -121,14 +121,14 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 		// The delivery timeout is only checked before a request is written
 		// and after its response: a broker that never answers is given up
 		// on by these (the defaults, 10 s + 10 s, would keep clients 20 s).
-		kgo.ProduceRequestTimeout(cfg.DeliveryTimeout/2),
-		kgo.RequestTimeoutOverhead(cfg.DeliveryTimeout/2),
+		kgo.ProduceRequestTimeout(cfg.DeliveryTimeout / 2),
+		kgo.RequestTimeoutOverhead(cfg.DeliveryTimeout / 2),
 		// After a retriable error or a lost connection the producer waits
 		// for fresh metadata, at most this often (default 5 s); measured:
 		// with it, such records fail at the delivery timeout instead of 5 s.
-		kgo.MetadataMinAge(cfg.DeliveryTimeout/4),
+		kgo.MetadataMinAge(cfg.DeliveryTimeout / 4),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), // keyed by user id
-	)
+	}, cfg.KafkaOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("edge: kafka producer: %w", err)
 	}

@@ -7,13 +7,17 @@ import (
 	"flag"
 	"fmt"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // Config configures the workers. Every default says why it is what it is.
 type Config struct {
 	Brokers []string
-	Group   string // consumer group; all ingest processes share it
-	Workers int    // consumer clients in this process
+	// KafkaOpts are extra client options: TLS, SASL.
+	KafkaOpts []kgo.Opt
+	Group     string // consumer group; all ingest processes share it
+	Workers   int    // consumer clients in this process
 
 	// BatchRows caps the rows of one COPY: big enough to amortise the
 	// transaction and fsync, small enough to keep the commit latency short.

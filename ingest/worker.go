@@ -98,7 +98,7 @@ type worker struct {
 }
 
 func newWorker(s *Service, id int) (*worker, error) {
-	cl, err := kgo.NewClient(
+	cl, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(s.cfg.Brokers...),
 		kgo.ConsumerGroup(s.cfg.Group),
 		kgo.ConsumeTopics(broker.TopicOrderCreated),
@@ -110,7 +110,7 @@ func newWorker(s *Service, id int) (*worker, error) {
 		kgo.FetchMaxWait(s.cfg.FetchMaxWait),
 		// Poison records go to the DLQ with acks=all before their offset is committed.
 		kgo.RequiredAcks(kgo.AllISRAcks()),
-	)
+	}, s.cfg.KafkaOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("ingest: kafka client: %w", err)
 	}

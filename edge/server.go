@@ -218,6 +218,9 @@ func (s *Server) stop(ctx context.Context) error {
 		time.Sleep(2 * time.Millisecond)
 	}
 	s.stopTicker()
+	if n := s.unknown.len(); n > 0 {
+		slog.Warn("edge: stopping with orders of unknown outcome not reconciled; the next start rebuilds their stock from the ledger", "orders", n)
+	}
 	if e := s.eng.Stop(ctx); e != nil && err == nil {
 		err = e
 	}

@@ -36,14 +36,13 @@ type worker struct {
 	conn net.Conn
 	rr   *respReader
 
-	wbuf    []byte
-	batch   []*Request
-	fl      []flight
-	samples []sample
-	// Counters not yet in the recorder.
-	sent, unanswered, unsent uint64
-	lastFlush                time.Duration
-	noted                    [numErrKinds]bool // first message of this kind passed to the recorder
+	wbuf      []byte
+	batch     []*Request
+	fl        []flight
+	samples   []sample
+	c         counts // not yet in the recorder
+	lastFlush time.Duration
+	noted     [numErrKinds]bool // first message of this kind passed to the recorder
 
 	nextDial time.Duration // no dial before this offset, after a failed one
 	dialErr  error
@@ -124,8 +123,11 @@ func (w *worker) roundTrip() {
 	}
 	for i := range w.fl {
 		if w.fl[i].measured {
-			w.sent++
+			w.c.sent++
 		}
+	}
+	if r.inWindow(wrote) {
+		w.c.wroteInWindow += uint64(len(w.fl))
 	}
 	var now time.Duration
 	for i := range w.fl {
@@ -136,6 +138,9 @@ func (w *worker) roundTrip() {
 			return
 		}
 		f := &w.fl[i]
+		if r.inWindow(now) {
+			w.c.doneInWindow++
+		}
 		w.samples = append(w.samples, sample{
 			latency: now - f.at, delay: f.wrote - f.at,
 			status: int16(status), class: uint8(classOf(status)), measured: f.measured,
@@ -167,9 +172,9 @@ func (w *worker) fail(from int, now time.Duration, err error, kind int, written 
 				continue
 			}
 			if written {
-				w.unanswered++
+				w.c.unanswered++
 			} else {
-				w.unsent++
+				w.c.unsent++
 			}
 		}
 		return
@@ -194,9 +199,9 @@ func (w *worker) fail(from int, now time.Duration, err error, kind int, written 
 }
 
 func (w *worker) flush(now time.Duration) {
-	w.r.rec.add(w.samples, w.sent, w.unanswered, w.unsent)
+	w.r.rec.add(w.samples, w.c)
 	w.samples = w.samples[:0]
-	w.sent, w.unanswered, w.unsent = 0, 0, 0
+	w.c = counts{}
 	w.lastFlush = now
 }
 

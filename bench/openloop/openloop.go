@@ -188,6 +188,12 @@ func (r *Runner) now() time.Duration { return time.Since(r.t0) }
 // measured reports whether a request due at at is in the measured window.
 func (r *Runner) measured(at time.Duration) bool { return at >= r.cfg.Warmup && at < r.end }
 
+// inWindow reports whether the wall-clock offset now is in the measured
+// window. Rates count by it: in overload the requests written during the
+// window may be due long before it (a warm-up backlog), and they are load
+// the server took all the same.
+func (r *Runner) inWindow(now time.Duration) bool { return now >= r.cfg.Warmup && now < r.end }
+
 // Run opens the connections, sends the Source's requests at their times and
 // returns what it measured. It returns when the Source ends (or Duration
 // passes, or ctx is cancelled) and the outstanding responses are in, or
@@ -357,7 +363,7 @@ func (r *Runner) countUnsent(s *Request, rest bool) {
 			}
 		}
 	}
-	r.rec.add(nil, 0, 0, n)
+	r.rec.add(nil, counts{unsent: n})
 }
 
 // abort cuts every connection: blocked reads and writes return at once.

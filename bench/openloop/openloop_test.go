@@ -232,6 +232,22 @@ func TestUnsentPastQueue(t *testing.T) {
 	}
 }
 
+// Past the server's capacity the schedule holds: the rates are what the
+// server took (by wall clock), and the requests due in the window that the
+// backlog (here, of the warm-up) kept from being sent are counted unsent.
+func TestOverload(t *testing.T) {
+	srv := statusServer(t, func(*http.Request) { time.Sleep(10 * time.Millisecond) })
+	res := run(t, Config{Addr: addrOf(srv), Conns: 2, Warmup: 200 * time.Millisecond, Duration: 500 * time.Millisecond, Drain: 100 * time.Millisecond},
+		NewRateSource(1000, 0, post("/")))
+	t.Logf("rate %.0f/s, intended %d, responses %d, unsent %d", res.Rate, res.Intended, res.Responses, res.Unsent)
+	if res.Rate < 100 || res.Rate > 210 || res.SentRate < 100 || res.SentRate > 220 {
+		t.Fatalf("rate %.0f/s, sent %.0f/s; want ~190/s (2 connections x 10 ms)", res.Rate, res.SentRate)
+	}
+	if res.Intended != 500 || res.Unsent < 400 {
+		t.Fatalf("intended %d unsent %d; want 500 and most of them", res.Intended, res.Unsent)
+	}
+}
+
 func TestConnectErrorAtStart(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -453,14 +469,14 @@ func getSource(rate float64) *RateSource {
 }
 
 // The steady state allocates nothing: after the request slots' buffers have
-// grown once, a run of 5000 requests allocates a few dozen times in all
+// grown once, 10000 more requests allocate a few dozen times in all
 // (timers, the result), not per request.
 func TestSteadyStateAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates")
 	}
 	addr := rawServer(t, resp202)
-	measure := func(n int) uint64 {
+	measure := func(n int) int64 {
 		r, err := New(Config{Addr: addr, Conns: 4, Queue: 64, Duration: time.Duration(n) * 100 * time.Microsecond}, getSource(10000))
 		if err != nil {
 			t.Fatal(err)
@@ -472,11 +488,11 @@ func TestSteadyStateAllocs(t *testing.T) {
 		if err != nil || res.Status[202] != uint64(n) {
 			t.Fatalf("%v %v", err, res.Status)
 		}
-		return m1.Mallocs - m0.Mallocs
+		return int64(m1.Mallocs - m0.Mallocs)
 	}
-	small, large := measure(1000), measure(6000)
-	perReq := float64(large-small) / 5000
-	t.Logf("allocations: %d for 1000 requests, %d for 6000: %.3f per request", small, large, perReq)
+	small, large := measure(1000), measure(11000)
+	perReq := float64(large-small) / 10000
+	t.Logf("allocations: %d for 1000 requests, %d for 11000: %.3f per request", small, large, perReq)
 	if perReq > 0.02 {
 		t.Fatalf("%.3f allocations per request in the steady state, want ~0", perReq)
 	}

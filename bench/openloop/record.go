@@ -110,9 +110,7 @@ type recorder struct {
 	status    [600]uint64
 	errs      [numErrKinds]uint64
 	firstErr  [numErrKinds]string
-	sent      uint64 // measured requests written
-	unanswer  uint64 // measured requests written, then no response when the run was cut
-	unsent    uint64 // measured requests due in the window and never written
+	c         counts
 	doneAll   uint64 // every finished request, warm-up included (live rate)
 	lastProgN uint64
 	lastProgT time.Duration
@@ -126,13 +124,30 @@ func newRecorder() *recorder {
 	return r
 }
 
+// counts are a connection's counters, added to the recorder's in batches.
+type counts struct {
+	// Of the measured requests (by intended time):
+	sent       uint64 // written
+	unanswered uint64 // written, then no response when the run was cut
+	unsent     uint64 // due in the window and never written
+	// By wall clock, whatever the requests' intended times:
+	wroteInWindow uint64 // requests written during the window
+	doneInWindow  uint64 // responses read during the window
+}
+
+func (c *counts) add(o counts) {
+	c.sent += o.sent
+	c.unanswered += o.unanswered
+	c.unsent += o.unsent
+	c.wroteInWindow += o.wroteInWindow
+	c.doneInWindow += o.doneInWindow
+}
+
 // add records a batch of samples and the batch's counters.
-func (r *recorder) add(ss []sample, sent, unanswered, unsent uint64) {
+func (r *recorder) add(ss []sample, c counts) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.sent += sent
-	r.unanswer += unanswered
-	r.unsent += unsent
+	r.c.add(c)
 	r.doneAll += uint64(len(ss))
 	for i := range ss {
 		s := &ss[i]
@@ -236,7 +251,11 @@ type Result struct {
 	Errors        uint64  `json:"errors"`    // failed without a status (see ErrorKinds)
 	Unanswered    uint64  `json:"unanswered"`
 	Unsent        uint64  `json:"unsent"`
-	// SentRate is Sent per second of the window; Rate is Responses per second.
+	// SentRate and Rate are the requests written and the responses read per
+	// second of the window, by wall clock. They differ from Sent and
+	// Responses over the window when the server cannot keep up: requests
+	// written during the window may then be due before it (a warm-up backlog),
+	// and requests due in it are sent after it or never (Unsent).
 	SentRate float64 `json:"sent_per_s"`
 	Rate     float64 `json:"responses_per_s"`
 
@@ -271,9 +290,9 @@ func (r *recorder) result(window time.Duration) *Result {
 	res := &Result{
 		Window:        window,
 		WindowSeconds: window.Seconds(),
-		Sent:          r.sent,
-		Unanswered:    r.unanswer,
-		Unsent:        r.unsent,
+		Sent:          r.c.sent,
+		Unanswered:    r.c.unanswered,
+		Unsent:        r.c.unsent,
 		Status:        map[int]uint64{},
 		Latency:       map[string]Latency{"all": latencyOf(r.all.Clone())},
 		SendDelay:     latencyOf(r.delay.Clone()),
@@ -301,8 +320,8 @@ func (r *recorder) result(window time.Duration) *Result {
 	}
 	res.Intended = res.Responses + res.Errors + res.Unanswered + res.Unsent
 	if s := window.Seconds(); s > 0 {
-		res.SentRate = float64(res.Sent) / s
-		res.Rate = float64(res.Responses) / s
+		res.SentRate = float64(r.c.wroteInWindow) / s
+		res.Rate = float64(r.c.doneInWindow) / s
 	}
 	return res
 }
@@ -323,7 +342,7 @@ type Progress struct {
 func (r *recorder) progress(now time.Duration) Progress {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	p := Progress{Elapsed: now, Sent: r.sent}
+	p := Progress{Elapsed: now, Sent: r.c.sent}
 	for code, n := range r.status {
 		p.Responses += n
 		if code < 200 || code >= 300 {

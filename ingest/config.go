@@ -19,11 +19,13 @@ type Config struct {
 	Group     string // consumer group; all ingest processes share it
 	Workers   int    // consumer clients in this process
 
-	// BatchRows caps the rows of one COPY: big enough to amortise the
-	// transaction and fsync, small enough to keep the commit latency short.
-	BatchRows int
-	// FetchMaxWait is how long a poll waits for data: the batch age bound.
-	FetchMaxWait time.Duration
+	// A batch (one COPY, one transaction) closes at BatchRows rows or
+	// BatchBytes record bytes, or BatchAge after its first record: big
+	// enough to amortise the transaction and fsync, small enough to keep
+	// orders' time to the ledger short.
+	BatchRows  int
+	BatchBytes int
+	BatchAge   time.Duration
 	// PartitionsAheadDays: daily partitions kept made ahead of today.
 	PartitionsAheadDays int
 	// RetryMax caps the backoff between database retries.
@@ -36,7 +38,8 @@ func DefaultConfig() Config {
 		Group:               "flashgate-ingest",
 		Workers:             1,
 		BatchRows:           5000,
-		FetchMaxWait:        50 * time.Millisecond,
+		BatchBytes:          4 << 20, // ~20K orders of ~200 bytes: rows close batches first
+		BatchAge:            50 * time.Millisecond,
 		PartitionsAheadDays: 7,
 		RetryMax:            5 * time.Second,
 	}
@@ -47,7 +50,8 @@ var flagConfig = DefaultConfig()
 func init() {
 	flag.IntVar(&flagConfig.Workers, "ingest.workers", flagConfig.Workers, "consumer workers per process; more than the partitions of order.created do nothing")
 	flag.IntVar(&flagConfig.BatchRows, "ingest.batchRows", flagConfig.BatchRows, "maximum rows per COPY batch; raise for throughput, lower for latency")
-	flag.DurationVar(&flagConfig.FetchMaxWait, "ingest.batchAge", flagConfig.FetchMaxWait, "how long a batch waits for more rows before it is written")
+	flag.IntVar(&flagConfig.BatchBytes, "ingest.batchBytes", flagConfig.BatchBytes, "maximum record bytes per COPY batch")
+	flag.DurationVar(&flagConfig.BatchAge, "ingest.batchAge", flagConfig.BatchAge, "how long a batch waits for more rows after its first before it is written")
 	flag.IntVar(&flagConfig.PartitionsAheadDays, "ingest.partitionsAhead", flagConfig.PartitionsAheadDays, "daily partitions of orders made ahead of today")
 	flag.StringVar(&flagConfig.Group, "ingest.group", flagConfig.Group, "Kafka consumer group of the ingest workers")
 }
@@ -63,7 +67,9 @@ func (c *Config) validate() error {
 		return fmt.Errorf("ingest: -ingest.workers must be at least 1")
 	case c.BatchRows < 1:
 		return fmt.Errorf("ingest: -ingest.batchRows must be at least 1")
-	case c.FetchMaxWait <= 0:
+	case c.BatchBytes < 1024:
+		return fmt.Errorf("ingest: -ingest.batchBytes must be at least 1024")
+	case c.BatchAge <= 0:
 		return fmt.Errorf("ingest: -ingest.batchAge must be positive")
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/flashgate/flashgate/ingest"
@@ -42,7 +43,7 @@ func mkOrders(n int) []order.Order {
 	return os
 }
 
-func startIngest(t *testing.T, b *broker.Embedded, url string, workers int) (*ingest.Service, *kgo.Client) {
+func startIngest(t *testing.T, b *broker.Embedded, url string, workers int, tweaks ...func(*ingest.Config)) (*ingest.Service, *kgo.Client) {
 	t.Helper()
 	pool, err := ledger.Open(context.Background(), url, 8)
 	if err != nil {
@@ -53,6 +54,9 @@ func startIngest(t *testing.T, b *broker.Embedded, url string, workers int) (*in
 	cfg.Brokers = []string{b.Addr()}
 	cfg.Workers = workers
 	cfg.BatchRows = 300
+	for _, f := range tweaks {
+		f(&cfg)
+	}
 	svc, err := ingest.Start(cfg, pool)
 	if err != nil {
 		t.Fatal(err)
@@ -145,6 +149,45 @@ func TestRedeliveryAfterDBCommit(t *testing.T) {
 	defer svc.Stop()
 	if err := ingest.WaitCaughtUp(context.Background(), adm, ingest.DefaultConfig().Group, 30*time.Second); err != nil {
 		t.Fatal(err)
+	}
+	if rows, distinct := countOrders(t, url); rows != len(os) || distinct != len(os) {
+		t.Fatalf("ledger has %d rows (%d distinct), want %d", rows, distinct, len(os))
+	}
+}
+
+// A batch closes at its row cap, or its age after its first record: 50
+// waiting records make batches of 20, 20 and 10; records produced a few ms
+// apart within the age make one.
+func TestBatchesCloseOnRowsAndAge(t *testing.T) {
+	_, url := testenv.Ledger(t)
+	b := testenv.Broker(t, 3)
+	prod, err := kgo.NewClient(kgo.SeedBrokers(b.Addr()), kgo.DefaultProduceTopic(broker.TopicOrderCreated))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	os := mkOrders(55)
+	produce(t, prod, os[:50])
+	batches := metrics.GetOrCreateCounter(`flashgate_ingest_batches_total`)
+	before := batches.Get()
+	svc, adm := startIngest(t, b, url, 1, func(c *ingest.Config) { c.BatchRows, c.BatchAge = 20, 2*time.Second })
+	defer svc.Stop()
+	group := ingest.DefaultConfig().Group
+	if err := ingest.WaitCaughtUp(context.Background(), adm, group, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := batches.Get() - before; got != 3 {
+		t.Fatalf("50 waiting records with -ingest.batchRows 20 made %d batches, want 3", got)
+	}
+	for _, o := range os[50:] {
+		produce(t, prod, []order.Order{o})
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := ingest.WaitCaughtUp(context.Background(), adm, group, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := batches.Get() - before; got != 4 {
+		t.Fatalf("5 records 10 ms apart with -ingest.batchAge 2s made %d batches, want 1", got-3)
 	}
 	if rows, distinct := countOrders(t, url); rows != len(os) || distinct != len(os) {
 		t.Fatalf("ledger has %d rows (%d distinct), want %d", rows, distinct, len(os))

@@ -28,6 +28,11 @@ var (
 	dbErrorsTotal  = metrics.NewCounter(`flashgate_ingest_db_errors_total`)
 	commitErrTotal = metrics.NewCounter(`flashgate_ingest_offset_commit_errors_total`)
 	batchDuration  = metrics.NewHistogram(`flashgate_ingest_batch_duration_seconds`)
+	batchRows      = metrics.NewHistogram(`flashgate_ingest_batch_rows`)
+	batchBytes     = metrics.NewHistogram(`flashgate_ingest_batch_bytes`)
+	// consumerLag is what the group has not committed of order.created:
+	// the orders accepted but not yet in the ledger.
+	consumerLag = metrics.NewGauge(`flashgate_ingest_consumer_lag_records`, nil)
 )
 
 // Service runs the ingest workers of one process.
@@ -59,10 +64,14 @@ func Start(cfg Config, pool *pgxpool.Pool) (*Service, error) {
 			w.run(ctx)
 		}()
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		s.maintainPartitions(ctx)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.watchLag(ctx)
 	}()
 	return s, nil
 }
@@ -73,6 +82,28 @@ func Start(cfg Config, pool *pgxpool.Pool) (*Service, error) {
 func (s *Service) Stop() {
 	s.stop()
 	s.wg.Wait()
+}
+
+// watchLag sets the consumer-lag gauge every few seconds.
+func (s *Service) watchLag(ctx context.Context) {
+	adm, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(s.cfg.Brokers...)}, s.cfg.KafkaOpts...)...)
+	if err != nil {
+		slog.Error("ingest: no client to measure the consumer lag", "err", err)
+		return
+	}
+	defer adm.Close()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		if lag, err := Lag(ctx, adm, s.cfg.Group); err == nil {
+			consumerLag.Set(float64(lag))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 func (s *Service) maintainPartitions(ctx context.Context) {
@@ -91,10 +122,11 @@ func (s *Service) maintainPartitions(ctx context.Context) {
 }
 
 type worker struct {
-	s   *Service
-	id  int
-	cl  *kgo.Client
-	buf []order.Order
+	s    *Service
+	id   int
+	cl   *kgo.Client
+	buf  []order.Order
+	recs []*kgo.Record
 }
 
 func newWorker(s *Service, id int) (*worker, error) {
@@ -107,29 +139,23 @@ func newWorker(s *Service, id int) (*worker, error) {
 		// A rebalance waits until the batch in hand is in the database and its
 		// offsets are committed: no partition is handed over mid-batch.
 		kgo.BlockRebalanceOnPoll(),
-		kgo.FetchMaxWait(s.cfg.FetchMaxWait),
+		kgo.FetchMaxWait(s.cfg.BatchAge),
 		// Poison records go to the DLQ with acks=all before their offset is committed.
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 	}, s.cfg.KafkaOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("ingest: kafka client: %w", err)
 	}
-	return &worker{s: s, id: id, cl: cl, buf: make([]order.Order, 0, s.cfg.BatchRows)}, nil
+	return &worker{s: s, id: id, cl: cl, buf: make([]order.Order, 0, s.cfg.BatchRows), recs: make([]*kgo.Record, 0, s.cfg.BatchRows)}, nil
 }
 
 func (w *worker) run(ctx context.Context) {
 	defer w.cl.Close() // leaves the group
 	for ctx.Err() == nil {
-		fetches := w.cl.PollRecords(ctx, w.s.cfg.BatchRows)
-		if fetches.IsClientClosed() {
+		recs, ok := w.collect(ctx)
+		if !ok {
 			return
 		}
-		fetches.EachError(func(t string, p int32, err error) {
-			if !errors.Is(err, context.Canceled) {
-				slog.Warn("ingest: fetch error", "topic", t, "partition", p, "err", err)
-			}
-		})
-		recs := fetches.Records()
 		if len(recs) > 0 {
 			if err := w.handle(ctx, recs); err != nil {
 				// Only shutdown gets here: the batch is not committed and
@@ -140,6 +166,50 @@ func (w *worker) run(ctx context.Context) {
 		}
 		w.cl.AllowRebalance()
 	}
+}
+
+// collect polls records until the batch is full (rows or bytes) or its age
+// has passed since its first record. It returns false once the client is
+// closed.
+func (w *worker) collect(ctx context.Context) ([]*kgo.Record, bool) {
+	cfg := &w.s.cfg
+	w.recs = w.recs[:0]
+	size := 0
+	var closeAt time.Time
+	for len(w.recs) < cfg.BatchRows && size < cfg.BatchBytes {
+		pctx, cancel := ctx, context.CancelFunc(func() {})
+		if len(w.recs) > 0 {
+			if time.Now().After(closeAt) {
+				break
+			}
+			pctx, cancel = context.WithDeadline(ctx, closeAt)
+		}
+		fetches := w.cl.PollRecords(pctx, cfg.BatchRows-len(w.recs))
+		cancel()
+		if fetches.IsClientClosed() {
+			return nil, false
+		}
+		fetches.EachError(func(t string, p int32, err error) {
+			if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+				slog.Warn("ingest: fetch error", "topic", t, "partition", p, "err", err)
+			}
+		})
+		fetches.EachRecord(func(r *kgo.Record) {
+			if len(w.recs) == 0 {
+				closeAt = time.Now().Add(cfg.BatchAge)
+			}
+			w.recs = append(w.recs, r)
+			size += len(r.Key) + len(r.Value)
+		})
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(w.recs) > 0 {
+		batchRows.Update(float64(len(w.recs)))
+		batchBytes.Update(float64(size))
+	}
+	return w.recs, true
 }
 
 // handle writes recs to the ledger (retrying until it succeeds or ctx ends),

@@ -110,13 +110,19 @@ func runMigrate(ctx context.Context) error {
 }
 
 func runPartitions(ctx context.Context) error {
-	ahead := ingest.FlagConfig().PartitionsAheadDays
+	cfg := ingest.FlagConfig()
 	return withLedger(ctx, func(pool *pgxpool.Pool) error {
-		n, err := ledger.EnsurePartitionsAround(ctx, pool, time.Now(), ahead)
-		if err == nil {
-			fmt.Printf("partitions made: %d (covering yesterday to %d days ahead)\n", n, ahead)
+		n, err := ledger.EnsurePartitionsAround(ctx, pool, time.Now(), cfg.PartitionsAheadDays)
+		if err != nil {
+			return err
 		}
-		return err
+		fmt.Printf("partitions made: %d (covering yesterday to %d days ahead)\n", n, cfg.PartitionsAheadDays)
+		if cfg.RetentionDays > 0 {
+			detached, err := ledger.DetachPartitionsBefore(ctx, pool, time.Now().AddDate(0, 0, -cfg.RetentionDays))
+			fmt.Printf("partitions detached (older than %d days; archive, then drop them): %d %v\n", cfg.RetentionDays, len(detached), detached)
+			return err
+		}
+		return nil
 	})
 }
 

@@ -42,7 +42,7 @@ Commands:
   edge                 the order edge and its admin plane (needs --kafka-brokers and --database-url)
   ingest               ingest workers: order.created -> PostgreSQL (needs --kafka-brokers and --database-url)
   ledger migrate       apply the schema migrations
-  ledger partitions    make the daily partitions of orders ahead (-ingest.partitionsAhead days)
+  ledger partitions    make the daily partitions of orders ahead (-ingest.partitionsAhead days), detach old ones (-ingest.retentionDays)
   version              print the version
 
 Run 'flashgate <command> -help' for the flags.

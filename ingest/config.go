@@ -28,6 +28,9 @@ type Config struct {
 	BatchAge   time.Duration
 	// PartitionsAheadDays: daily partitions kept made ahead of today.
 	PartitionsAheadDays int
+	// RetentionDays: daily partitions older than this are detached from
+	// orders (0: never). See ledger.DetachPartitionsBefore.
+	RetentionDays int
 	// RetryMax caps the backoff between database retries.
 	RetryMax time.Duration
 }
@@ -53,6 +56,7 @@ func init() {
 	flag.IntVar(&flagConfig.BatchBytes, "ingest.batchBytes", flagConfig.BatchBytes, "maximum record bytes per COPY batch")
 	flag.DurationVar(&flagConfig.BatchAge, "ingest.batchAge", flagConfig.BatchAge, "how long a batch waits for more rows after its first before it is written")
 	flag.IntVar(&flagConfig.PartitionsAheadDays, "ingest.partitionsAhead", flagConfig.PartitionsAheadDays, "daily partitions of orders made ahead of today")
+	flag.IntVar(&flagConfig.RetentionDays, "ingest.retentionDays", flagConfig.RetentionDays, "detach (CONCURRENTLY) the daily partitions of orders older than this many days, never one holding orders of a sale still in sale_items; detached partitions stay as tables to archive and drop; 0 keeps all")
 	flag.StringVar(&flagConfig.Group, "ingest.group", flagConfig.Group, "Kafka consumer group of the ingest workers")
 }
 
@@ -69,6 +73,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("ingest: -ingest.batchRows must be at least 1")
 	case c.BatchBytes < 1024:
 		return fmt.Errorf("ingest: -ingest.batchBytes must be at least 1024")
+	case c.RetentionDays < 0:
+		return fmt.Errorf("ingest: -ingest.retentionDays must be 0 (keep all) or positive")
 	case c.BatchAge <= 0:
 		return fmt.Errorf("ingest: -ingest.batchAge must be positive")
 	}

@@ -113,6 +113,15 @@ func (s *Service) maintainPartitions(ctx context.Context) {
 		if _, err := ledger.EnsurePartitionsAround(ctx, s.pool, time.Now(), s.cfg.PartitionsAheadDays); err != nil && ctx.Err() == nil {
 			slog.Error("ingest: making partitions ahead failed; will retry", "err", err)
 		}
+		if s.cfg.RetentionDays > 0 {
+			detached, err := ledger.DetachPartitionsBefore(ctx, s.pool, time.Now().AddDate(0, 0, -s.cfg.RetentionDays))
+			if len(detached) > 0 {
+				slog.Info("ingest: old partitions detached from orders (archive, then drop them)", "partitions", detached)
+			}
+			if err != nil && ctx.Err() == nil {
+				slog.Error("ingest: detaching old partitions failed; will retry", "err", err)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return

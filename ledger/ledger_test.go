@@ -186,3 +186,64 @@ func TestIdempotencyBackstop(t *testing.T) {
 		}
 	}
 }
+
+// Retention detaches old daily partitions, but never one that may hold
+// orders of a sale still on (edges rebuild its stock from them).
+func TestDetachPartitionsBefore(t *testing.T) {
+	pool, _ := testenv.Ledger(t)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	day := func(d int) time.Time { return now.AddDate(0, 0, d) }
+	if _, err := ledger.EnsurePartitions(ctx, pool, day(-10), day(1)); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range []int{-9, -2} {
+		if _, err := pool.Exec(ctx, `INSERT INTO orders (order_id, user_id, sku, qty, price_cents, created_at) VALUES ($1, 'u', 'OLD', 1, 1, $2)`, i+1, day(d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ledger.PutSaleItem(ctx, pool, ledger.SaleItem{SKU: "LONG", Stock: 1, SaleStartedAt: day(-5)}); err != nil {
+		t.Fatal(err)
+	}
+	count := func(table string) (n int) {
+		t.Helper()
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	partitions := func() int { return count("pg_inherits WHERE inhparent = 'orders'::regclass") }
+	if got := partitions(); got != 12 {
+		t.Fatalf("%d partitions, want 12", got)
+	}
+
+	// Retention of 3 days, but the sale started 5 days ago: only the days
+	// before the sale's start go.
+	detached, err := ledger.DetachPartitionsBefore(ctx, pool, day(-3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(detached) != 5 || detached[0] != ledger.PartitionName(day(-10)) || detached[4] != ledger.PartitionName(day(-6)) {
+		t.Fatalf("detached %v, want the 5 days from -10 to -6", detached)
+	}
+	if got := count("orders"); got != 1 {
+		t.Fatalf("orders holds %d rows after the detach, want the one of 2 days ago", got)
+	}
+	if got := count(ledger.PartitionName(day(-9))); got != 1 {
+		t.Fatalf("the detached partition of 9 days ago holds %d rows, want its 1", got)
+	}
+
+	// The sale is gone: the retention applies in full, once.
+	if _, err := pool.Exec(ctx, "DELETE FROM sale_items"); err != nil {
+		t.Fatal(err)
+	}
+	if detached, err = ledger.DetachPartitionsBefore(ctx, pool, day(-3)); err != nil || len(detached) != 2 {
+		t.Fatalf("second pass detached %v (%v), want the 2 days -5 and -4", detached, err)
+	}
+	if detached, err = ledger.DetachPartitionsBefore(ctx, pool, day(-3)); err != nil || len(detached) != 0 {
+		t.Fatalf("third pass detached %v (%v), want nothing", detached, err)
+	}
+	if got := partitions(); got != 5 || count("orders") != 1 {
+		t.Fatalf("%d partitions and %d orders left, want 5 and 1", got, count("orders"))
+	}
+}

@@ -66,3 +66,69 @@ func truncDay(t time.Time) time.Time {
 	t = t.UTC()
 	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
 }
+
+// DetachPartitionsBefore detaches, CONCURRENTLY (readers and writers of
+// orders are not blocked), the daily partitions of orders that end on or
+// before cutoff, and returns their names. It never detaches a partition that
+// could hold orders of a sale still in sale_items (one ending after the
+// earliest sale_started_at): edges rebuild stock from those orders, and
+// losing them would oversell. A detached partition stays a table of its own:
+// archive it (pg_dump -t) and drop it when you are done with it. A detach
+// interrupted earlier (a pending detach) is finalized first.
+func DetachPartitionsBefore(ctx context.Context, pool *pgxpool.Pool, cutoff time.Time) ([]string, error) {
+	cutoff = truncDay(cutoff)
+	var oldestSale *time.Time
+	if err := pool.QueryRow(ctx, "SELECT min(sale_started_at) FROM sale_items").Scan(&oldestSale); err != nil {
+		return nil, fmt.Errorf("reading the oldest sale: %w", err)
+	}
+	if oldestSale != nil && oldestSale.Before(cutoff) {
+		cutoff = truncDay(*oldestSale)
+	}
+	// DETACH ... CONCURRENTLY cannot run in a transaction: hold the
+	// partition lock on one connection for the whole pass instead.
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", partitionLockID); err != nil {
+		return nil, err
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", partitionLockID) //nolint:errcheck // released with the session anyway
+	rows, err := conn.Query(ctx, `SELECT c.relname, i.inhdetachpending FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		WHERE i.inhparent = 'orders'::regclass ORDER BY c.relname`)
+	if err != nil {
+		return nil, err
+	}
+	type part struct {
+		name    string
+		pending bool
+	}
+	var parts []part
+	for rows.Next() {
+		var p part
+		if err := rows.Scan(&p.name, &p.pending); err != nil {
+			return nil, err
+		}
+		parts = append(parts, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	var detached []string
+	for _, p := range parts {
+		day, err := time.Parse("orders_p20060102", p.name)
+		if err != nil || day.AddDate(0, 0, 1).After(cutoff) {
+			continue // not one of ours, or too recent
+		}
+		mode := "CONCURRENTLY"
+		if p.pending {
+			mode = "FINALIZE"
+		}
+		if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER TABLE orders DETACH PARTITION %s %s", pgx.Identifier{p.name}.Sanitize(), mode)); err != nil {
+			return detached, fmt.Errorf("detaching partition %s: %w", p.name, err)
+		}
+		detached = append(detached, p.name)
+	}
+	return detached, nil
+}

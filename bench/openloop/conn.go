@@ -207,7 +207,7 @@ func (w *worker) flush(now time.Duration) {
 
 // dialStart opens the first connection, before the run starts.
 func (w *worker) dialStart() error {
-	c, err := net.DialTimeout("tcp", w.r.cfg.Addr, w.r.cfg.DialTimeout)
+	c, err := w.r.dialer.DialContext(w.r.dialCtx, "tcp", w.r.cfg.Addr)
 	if err != nil {
 		return err
 	}
@@ -221,7 +221,7 @@ func (w *worker) dial() error {
 	if now < w.nextDial {
 		return w.dialErr
 	}
-	c, err := net.DialTimeout("tcp", w.r.cfg.Addr, w.r.cfg.DialTimeout)
+	c, err := w.r.dialer.DialContext(w.r.dialCtx, "tcp", w.r.cfg.Addr)
 	if err != nil {
 		w.dialErr, w.nextDial = err, now+w.r.cfg.RedialInterval
 		return err

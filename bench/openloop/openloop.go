@@ -145,6 +145,9 @@ type Runner struct {
 	workers []*worker
 	started atomic.Bool
 	aborted atomic.Bool // the drain timed out: connections are cut, queued requests are unsent
+	dialCtx context.Context
+	cutDial context.CancelFunc // abort interrupts dials in progress
+	dialer  net.Dialer
 
 	mu sync.Mutex // guards t0 against Progress
 	t0 time.Time  // start of the run; written before any goroutine reads it without mu
@@ -172,6 +175,8 @@ func New(cfg Config, src Source) (*Runner, error) {
 	if cfg.Duration > 0 {
 		r.end = cfg.Warmup + cfg.Duration
 	}
+	r.dialer.Timeout = cfg.DialTimeout
+	r.dialCtx, r.cutDial = context.WithCancel(context.Background())
 	slots := make([]Request, cfg.Queue)
 	for i := range slots {
 		r.free <- &slots[i]
@@ -208,6 +213,7 @@ func (r *Runner) Run(ctx context.Context) (*Result, error) {
 			for _, w := range r.workers[:i] {
 				w.closeConn()
 			}
+			r.cutDial()
 			return nil, fmt.Errorf("openloop: connection %d of %d to %s: %w; possible fix: check that the server listens there and accepts %d connections",
 				i+1, len(r.workers), r.cfg.Addr, err, len(r.workers))
 		}
@@ -240,6 +246,7 @@ func (r *Runner) Run(ctx context.Context) (*Result, error) {
 		<-finished
 	}
 	drain.Stop()
+	r.cutDial()
 
 	window := stoppedAt
 	if !cancelled && r.cfg.Duration > 0 {
@@ -369,6 +376,7 @@ func (r *Runner) countUnsent(s *Request, rest bool) {
 // abort cuts every connection: blocked reads and writes return at once.
 func (r *Runner) abort() {
 	r.aborted.Store(true)
+	r.cutDial()
 	for _, w := range r.workers {
 		w.mu.Lock()
 		if w.conn != nil {

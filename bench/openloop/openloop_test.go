@@ -102,12 +102,12 @@ func TestCountsByStatus(t *testing.T) {
 // one in flight on each connection (which is what a closed-loop generator,
 // timing from the actual send, would report).
 func TestStallShowsFromIntendedTime(t *testing.T) {
-	const rate, stall = 2000.0, 200 * time.Millisecond
+	const rate, stall = 1000.0, 200 * time.Millisecond
 	var n atomic.Int64
 	var mu sync.Mutex
 	var until time.Time
 	srv := statusServer(t, func(*http.Request) {
-		if n.Add(1) == 600 { // ~0.3 s in
+		if n.Add(1) == 300 { // ~0.3 s in
 			mu.Lock()
 			until = time.Now().Add(stall)
 			mu.Unlock()
@@ -118,17 +118,20 @@ func TestStallShowsFromIntendedTime(t *testing.T) {
 		time.Sleep(time.Until(u))
 	})
 	res := run(t, Config{Addr: addrOf(srv), Conns: 16, Duration: time.Second}, NewRateSource(rate, 0, post("/s/202")))
-	if res.Status[202] != 2000 || res.Errors != 0 {
+	if res.Status[202] != 1000 || res.Errors != 0 {
 		t.Fatalf("status %v errors %d", res.Status, res.Errors)
 	}
-	// A request due at T+x waits 0.2s-x: those due in the first 180 ms of the
-	// stall are slower than 20 ms.
-	const threshold = 20 * time.Millisecond
+	// A request due at T+x waits 0.2s-x: those due in the first 150 ms of the
+	// stall are slower than 50 ms. A closed-loop count would be about one per
+	// connection (16). The upper bound is loose: on a loaded machine (or
+	// under -race) requests after the stall can be slow too while the
+	// backlog clears; but most requests of the second are fast.
+	const threshold = 50 * time.Millisecond
 	want := rate * (stall - threshold).Seconds()
 	got := float64(res.Latency["all"].CountAbove(threshold))
 	t.Logf("%v requests slower than %v (expected ~%v); p99 %v max %v; send delay p99 %v",
 		got, threshold, want, res.Latency["all"].P99, res.Latency["all"].Max, res.SendDelay.P99)
-	if got < 0.7*want || got > 1.5*want {
+	if got < 0.7*want || got > float64(res.Intended)/2 {
 		t.Fatalf("%v requests slower than %v, want ~%v (rate x stall): latency is not measured from the intended time", got, threshold, want)
 	}
 	if m := res.Latency["all"].Max; m < stall*9/10 || m > 2*stall {

@@ -28,6 +28,7 @@ type devOptions struct {
 	KafkaBrokers string // empty = embedded broker
 	// KafkaSecurity is TLS and SASL towards KafkaBrokers.
 	KafkaSecurity *broker.Security
+	KafkaSync     bool   // the embedded broker fsyncs every batch before its ack
 	DatabaseURL   string // empty = private cluster
 	Demo          bool
 	Partitions    int32
@@ -39,7 +40,7 @@ type devOptions struct {
 func devOptionsFromFlags() devOptions {
 	return devOptions{
 		DataDir: *dataDir, EdgeAddr: *edgeAddr, AdminAddr: *adminAddr, KafkaAddr: *kafkaAddr,
-		KafkaBrokers: *kafkaBrokers, KafkaSecurity: kafkaSecurity, DatabaseURL: *databaseURL, Demo: *demo, Partitions: int32(*partitions),
+		KafkaBrokers: *kafkaBrokers, KafkaSecurity: kafkaSecurity, KafkaSync: *kafkaSync, DatabaseURL: *databaseURL, Demo: *demo, Partitions: int32(*partitions),
 		Edge: edgeConfigFromFlags(), Ingest: ingest.FlagConfig(),
 	}
 }
@@ -120,7 +121,7 @@ func runDev(ctx context.Context, o devOptions, ready func(devEnv)) (err error) {
 			return err
 		}
 	} else {
-		kf, err := broker.StartEmbedded(o.KafkaAddr, filepath.Join(dir, "kafka"), o.Partitions)
+		kf, err := broker.StartEmbedded(o.KafkaAddr, filepath.Join(dir, "kafka"), o.Partitions, o.KafkaSync)
 		if err != nil {
 			return err
 		}

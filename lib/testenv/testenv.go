@@ -117,7 +117,7 @@ func Ledger(t testing.TB) (*pgxpool.Pool, string) {
 // Broker starts an in-memory embedded broker with the contract's topics.
 func Broker(t testing.TB, partitions int32) *broker.Embedded {
 	t.Helper()
-	b, err := broker.StartEmbedded("127.0.0.1:0", "", partitions)
+	b, err := broker.StartEmbedded("127.0.0.1:0", "", partitions, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,6 +47,8 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 $(PKGS) > bench/out.txt
 	$(GO) run ./tools/benchtable bench/out.txt
 	bash bench/http.sh
+	bash bench/e2e.sh
+	EDGE_ARGS='-kafka.syncWrites=false' bash bench/e2e.sh
 
 # The edge's HTTP core against nginx only (wrk; installs nginx-light and wrk if missing).
 bench-http: build

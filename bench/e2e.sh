@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Orders end to end: the whole dev stack (edge, embedded Kafka with a sync per
-# batch, ingest, PostgreSQL) pinned to CPU 0, the edge with one event loop and
+# batch unless EDGE_ARGS has -kafka.syncWrites=false, ingest, PostgreSQL) pinned to CPU 0, the edge with one event loop and
 # the Kafka hand-off on (a 202 only after the broker's ack), against nginx
 # answering the same requests with a fixed 202 on the same CPU; load from CPU 1.
 #
@@ -20,6 +20,7 @@
 #   bash bench/e2e.sh [seconds per run, default 10] [rounds, default 3]
 #   PROFILE=edge.pprof bash bench/e2e.sh   # also a CPU profile of the stack during (b)
 #   EDGE_ARGS='-edge.produceLinger 2ms' bash bench/e2e.sh   # extra flags for flashgate dev
+#   EDGE_ARGS='-kafka.syncWrites=false' bash bench/e2e.sh   # broker log in the page cache, as Kafka's default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -204,7 +205,7 @@ echo
 printf "%-28s %14s %14s %8s %12s %12s\n" "closed loop (medians)" "edge 202s/s" "nginx 202s/s" ratio "edge p99µs" "nginx p99µs"
 printf "%-28s %14.0f %14.0f %7sx %12s %12s\n" "POST /v1/orders" "$E_MAX" "$N_MAX" "$RATIO" "$E_P99" "$N_P99"
 echo "(medians of $ROUNDS runs of ${SECS}s; wrk -t1 -c$CONNS on CPU 1; the dev stack (edge with one event loop, embedded"
-echo " Kafka with a sync per batch, ingest, PostgreSQL) or nginx on CPU 0; the edge answers 202 after Kafka's ack;"
+echo " Kafka (a sync per batch unless -kafka.syncWrites=false below), ingest, PostgreSQL) or nginx on CPU 0; the edge answers 202 after Kafka's ack;"
 echo " open-loop latency is from each request's intended send time, so queueing behind a slow response counts)"
 [ ${#EXTRA[@]} -gt 0 ] && echo " flashgate dev with: ${EXTRA[*]}"
 echo

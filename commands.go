@@ -112,6 +112,12 @@ func runMigrate(ctx context.Context) error {
 func runPartitions(ctx context.Context) error {
 	cfg := ingest.FlagConfig()
 	return withLedger(ctx, func(pool *pgxpool.Pool) error {
+		if *hashParts >= 0 {
+			if err := ledger.SetUserHashPartitions(ctx, pool, *hashParts); err != nil {
+				return fmt.Errorf("-ledger.userHashPartitions: %w", err)
+			}
+			fmt.Printf("daily partitions made from now on: %d hash tables by user_id each\n", *hashParts)
+		}
 		n, err := ledger.EnsurePartitionsAround(ctx, pool, time.Now(), cfg.PartitionsAheadDays)
 		if err != nil {
 			return err

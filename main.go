@@ -28,6 +28,7 @@ var (
 	demo         = flag.Bool("demo", false, "dev: load a demo sale (a few SKUs with stock) unless they exist already")
 	trustProxy   = flag.String("trust-proxy", "127.0.0.0/8", "comma list of CIDRs whose X-Forwarded-For is believed for the client IP")
 	partitions   = flag.Int("kafka.partitions", 6, "partitions of the topics flashgate creates when they are missing")
+	hashParts    = flag.Int("ledger.userHashPartitions", -1, "ledger partitions: sub-partition each daily partition of orders made from now on by hash of user_id into this many tables (0: none, at most 64); -1 leaves the layout as it is")
 	kafkaSync    = flag.Bool("kafka.syncWrites", true, "dev: the embedded broker fsyncs every batch before acking it (a 202 survives a power loss); false: page cache only, like a Kafka broker's default (survives kill -9, ~10x faster here)")
 	logLevel     = flag.String("log.level", "info", "log level: debug, info, warn, error")
 	// TLS and SASL towards real Kafka clusters (--kafka-tls*, --kafka-sasl-*).

@@ -2,6 +2,7 @@ package ledger_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -245,5 +246,53 @@ func TestDetachPartitionsBefore(t *testing.T) {
 	}
 	if got := partitions(); got != 5 || count("orders") != 1 {
 		t.Fatalf("%d partitions and %d orders left, want 5 and 1", got, count("orders"))
+	}
+}
+
+// With user-hash sub-partitions, a day's orders spread over its hash tables,
+// a redelivered batch is deduplicated, reads find orders, and the day can
+// still be detached by retention.
+func TestUserHashPartitions(t *testing.T) {
+	pool, _ := testenv.Ledger(t)
+	ctx := context.Background()
+	if err := ledger.SetUserHashPartitions(ctx, pool, 4); err != nil {
+		t.Fatal(err)
+	}
+	if err := ledger.SetUserHashPartitions(ctx, pool, ledger.MaxUserHashPartitions+1); err == nil {
+		t.Fatal("65 hash partitions accepted")
+	}
+	now := time.Now().UTC()
+	if _, err := ledger.EnsurePartitions(ctx, pool, now.AddDate(0, 0, -10), now); err != nil {
+		t.Fatal(err)
+	}
+	gen := orderid.MustNew(0, 0)
+	os := mkOrders(400, gen)
+	for i := range os {
+		os[i].UserID = fmt.Sprint("user-", i)
+	}
+	for pass := 0; pass < 2; pass++ { // the second pass is a redelivery
+		if res, err := ledger.InsertOrders(ctx, pool, os); err != nil || res.Staged != (pass == 1) {
+			t.Fatalf("pass %d: %+v, %v", pass, res, err)
+		}
+	}
+	day := ledger.PartitionName(now)
+	for r := 0; r < 4; r++ {
+		var n int
+		if err := pool.QueryRow(ctx, fmt.Sprintf("SELECT count(*) FROM %s_h%d", day, r)).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n < 50 {
+			t.Errorf("hash partition %d of %s holds %d of 400 orders", r, day, n)
+		}
+	}
+	var rows, distinct int
+	if err := pool.QueryRow(ctx, "SELECT count(*), count(DISTINCT order_id) FROM orders").Scan(&rows, &distinct); err != nil || rows != 400 || distinct != 400 {
+		t.Fatalf("orders: %d rows, %d distinct (%v); want 400", rows, distinct, err)
+	}
+	if got, err := ledger.GetOrder(ctx, pool, os[123].ID); err != nil || got.UserID != "user-123" {
+		t.Fatalf("GetOrder: %+v, %v", got, err)
+	}
+	if detached, err := ledger.DetachPartitionsBefore(ctx, pool, now.AddDate(0, 0, -9)); err != nil || len(detached) != 1 {
+		t.Fatalf("detaching the hash-partitioned day 10 days ago: %v, %v", detached, err)
 	}
 }

@@ -20,14 +20,32 @@ func PartitionName(day time.Time) string {
 	return "orders_p" + day.UTC().Format("20060102")
 }
 
+// MaxUserHashPartitions bounds the hash sub-partitions of a day.
+const MaxUserHashPartitions = 64
+
+// SetUserHashPartitions sets how many hash-of-user_id tables each daily
+// partition made from now on has (0: none). Days already made keep theirs.
+func SetUserHashPartitions(ctx context.Context, pool *pgxpool.Pool, n int) error {
+	if n < 0 || n > MaxUserHashPartitions {
+		return fmt.Errorf("user hash partitions %d outside [0, %d]", n, MaxUserHashPartitions)
+	}
+	_, err := pool.Exec(ctx, "UPDATE partition_layout SET user_hash_partitions = $1", n)
+	return err
+}
+
 // EnsurePartitions makes the daily partitions of orders covering [from, to]
-// (UTC days, inclusive) that do not exist yet, and returns how many it made.
-// Make them ahead of a sale: creating one locks the parent table.
+// (UTC days, inclusive) that do not exist yet, in the layout set by
+// SetUserHashPartitions, and returns how many it made. Make them ahead of a
+// sale: creating one locks the parent table.
 func EnsurePartitions(ctx context.Context, pool *pgxpool.Pool, from, to time.Time) (int, error) {
 	from = truncDay(from)
 	to = truncDay(to)
 	if to.Before(from) {
 		return 0, fmt.Errorf("BUG: EnsurePartitions from %v after to %v", from, to)
+	}
+	var hashN int
+	if err := pool.QueryRow(ctx, "SELECT user_hash_partitions FROM partition_layout").Scan(&hashN); err != nil {
+		return 0, fmt.Errorf("reading the partition layout: %w", err)
 	}
 	made := 0
 	for day := from; !day.After(to); day = day.AddDate(0, 0, 1) {
@@ -45,8 +63,20 @@ func EnsurePartitions(ctx context.Context, pool *pgxpool.Pool, from, to time.Tim
 			}
 			sql := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s PARTITION OF orders FOR VALUES FROM ('%s') TO ('%s')",
 				pgx.Identifier{name}.Sanitize(), day.Format(time.RFC3339), day.AddDate(0, 0, 1).Format(time.RFC3339))
-			_, err := tx.Exec(ctx, sql)
-			return err
+			if hashN > 0 {
+				sql += " PARTITION BY HASH (user_id)"
+			}
+			if _, err := tx.Exec(ctx, sql); err != nil {
+				return err
+			}
+			for r := 0; r < hashN; r++ {
+				sub := fmt.Sprintf("%s_h%d", name, r)
+				if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s PARTITION OF %s FOR VALUES WITH (MODULUS %d, REMAINDER %d)",
+					pgx.Identifier{sub}.Sanitize(), pgx.Identifier{name}.Sanitize(), hashN, r)); err != nil {
+					return err
+				}
+			}
+			return nil
 		})
 		if err != nil {
 			return made, fmt.Errorf("creating partition %s: %w", name, err)

@@ -51,10 +51,13 @@ func Lag(ctx context.Context, cl *kgo.Client, group string) (int64, error) {
 func WaitCaughtUp(ctx context.Context, cl *kgo.Client, group string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var lag int64
+	lag := int64(-1) // unknown until a Lag call succeeds
 	var err error
 	for {
-		lag, err = Lag(ctx, cl, group)
+		var l int64
+		if l, err = Lag(ctx, cl, group); err == nil {
+			lag = l // a call cut by the deadline does not overwrite the last lag seen
+		}
 		if err == nil && lag == 0 {
 			return nil
 		}

@@ -136,6 +136,9 @@ type worker struct {
 	cl   *kgo.Client
 	buf  []order.Order
 	recs []*kgo.Record
+	// commitPending: the offsets of batches already in the ledger are not
+	// committed yet (a commit failed); retried while the partitions are quiet.
+	commitPending bool
 }
 
 func newWorker(s *Service, id int) (*worker, error) {
@@ -187,11 +190,16 @@ func (w *worker) collect(ctx context.Context) ([]*kgo.Record, bool) {
 	var closeAt time.Time
 	for len(w.recs) < cfg.BatchRows && size < cfg.BatchBytes {
 		pctx, cancel := ctx, context.CancelFunc(func() {})
-		if len(w.recs) > 0 {
-			if time.Now().After(closeAt) {
-				break
-			}
+		if len(w.recs) > 0 && time.Now().After(closeAt) {
+			break
+		}
+		switch {
+		case len(w.recs) > 0:
 			pctx, cancel = context.WithDeadline(ctx, closeAt)
+		case w.commitPending:
+			// Nothing may arrive for a long time: retry the commit now and
+			// then, or the group's lag never reaches zero.
+			pctx, cancel = context.WithTimeout(ctx, cfg.RetryMax)
 		}
 		fetches := w.cl.PollRecords(pctx, cfg.BatchRows-len(w.recs))
 		cancel()
@@ -212,6 +220,9 @@ func (w *worker) collect(ctx context.Context) ([]*kgo.Record, bool) {
 		})
 		if ctx.Err() != nil {
 			break
+		}
+		if len(w.recs) == 0 && w.commitPending {
+			w.commit(ctx)
 		}
 	}
 	if len(w.recs) > 0 {
@@ -259,13 +270,29 @@ func (w *worker) handle(ctx context.Context, recs []*kgo.Record) error {
 		slog.Warn("ingest: orders cancelled as duplicates of an earlier order with the same Idempotency-Key (the key had left the edge's cache; see -edge.idempotencyBytes)", "orders", res.Duplicates)
 	}
 	batchDuration.UpdateDuration(start)
-	// The rows are durable: now the offsets may move. A failure here only
-	// means a redelivery, which the staging path makes harmless.
-	if err := w.cl.CommitRecords(ctx, recs...); err != nil {
-		commitErrTotal.Inc()
-		slog.Warn("ingest: offset commit failed; the batch will be redelivered and deduplicated", "err", err)
-	}
+	// The rows are durable: now the offsets may move.
+	w.commit(ctx)
 	return nil
+}
+
+// commit commits the offsets of everything polled: while rebalances are
+// blocked that is exactly what is in the ledger, including the batches whose
+// commit failed before. A failure is retried before the next batch or while
+// the partitions are quiet; if the worker dies first, the batch is
+// redelivered to the next owner and deduplicated by the staging path.
+func (w *worker) commit(ctx context.Context) {
+	if err := w.cl.CommitUncommittedOffsets(ctx); err != nil {
+		if !w.commitPending {
+			slog.Warn("ingest: offset commit failed; retrying (the rows are in the ledger: a redelivery is deduplicated)", "err", err)
+		}
+		commitErrTotal.Inc()
+		w.commitPending = true
+		return
+	}
+	if w.commitPending {
+		slog.Info("ingest: offset commit succeeded after failing")
+	}
+	w.commitPending = false
 }
 
 func (w *worker) deadLetter(ctx context.Context, r *kgo.Record, reason error) error {

@@ -250,7 +250,7 @@ func (w *worker) handle(ctx context.Context, recs []*kgo.Record) error {
 	var res ledger.InsertResult
 	err := retry(ctx, w.s.cfg.RetryMax, func() (err error) {
 		res, err = ledger.InsertOrders(ctx, w.s.pool, w.buf)
-		if err != nil {
+		if err != nil && ctx.Err() == nil { // on shutdown the batch is left to be redelivered (it may have committed)
 			dbErrorsTotal.Inc()
 			slog.Warn("ingest: batch not written; retrying", "rows", len(w.buf), "err", err)
 		}

@@ -109,8 +109,8 @@ func TestPartitionsAndNoDefault(t *testing.T) {
 	ctx := context.Background()
 	now := time.Date(2026, 11, 25, 13, 0, 0, 0, time.UTC)
 	n, err := ledger.EnsurePartitionsAround(ctx, pool, now, 3)
-	if err != nil || n != 5 {
-		t.Fatalf("EnsurePartitionsAround = %d, %v; want 5", n, err)
+	if err != nil || n != 10 {
+		t.Fatalf("EnsurePartitionsAround = %d, %v; want 5 of orders and 5 of order_events", n, err)
 	}
 	if n, _ = ledger.EnsurePartitionsAround(ctx, pool, now, 3); n != 0 {
 		t.Fatalf("second EnsurePartitionsAround made %d", n)
@@ -224,8 +224,9 @@ func TestDetachPartitionsBefore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(detached) != 5 || detached[0] != ledger.PartitionName(day(-10)) || detached[4] != ledger.PartitionName(day(-6)) {
-		t.Fatalf("detached %v, want the 5 days from -10 to -6", detached)
+	if len(detached) != 10 || detached[0] != ledger.PartitionName(day(-10)) || detached[4] != ledger.PartitionName(day(-6)) ||
+		detached[5] != ledger.EventsPartitionName(day(-10)) || detached[9] != ledger.EventsPartitionName(day(-6)) {
+		t.Fatalf("detached %v, want the 5 days from -10 to -6 of orders, then of order_events", detached)
 	}
 	if got := count("orders"); got != 1 {
 		t.Fatalf("orders holds %d rows after the detach, want the one of 2 days ago", got)
@@ -238,14 +239,17 @@ func TestDetachPartitionsBefore(t *testing.T) {
 	if _, err := pool.Exec(ctx, "DELETE FROM sale_items"); err != nil {
 		t.Fatal(err)
 	}
-	if detached, err = ledger.DetachPartitionsBefore(ctx, pool, day(-3)); err != nil || len(detached) != 2 {
-		t.Fatalf("second pass detached %v (%v), want the 2 days -5 and -4", detached, err)
+	if detached, err = ledger.DetachPartitionsBefore(ctx, pool, day(-3)); err != nil || len(detached) != 4 {
+		t.Fatalf("second pass detached %v (%v), want the 2 days -5 and -4 of both tables", detached, err)
 	}
 	if detached, err = ledger.DetachPartitionsBefore(ctx, pool, day(-3)); err != nil || len(detached) != 0 {
 		t.Fatalf("third pass detached %v (%v), want nothing", detached, err)
 	}
 	if got := partitions(); got != 5 || count("orders") != 1 {
 		t.Fatalf("%d partitions and %d orders left, want 5 and 1", got, count("orders"))
+	}
+	if got := count("pg_inherits WHERE inhparent = 'order_events'::regclass"); got != 5 {
+		t.Fatalf("order_events has %d partitions left, want 5", got)
 	}
 }
 
@@ -292,7 +296,7 @@ func TestUserHashPartitions(t *testing.T) {
 	if got, err := ledger.GetOrder(ctx, pool, os[123].ID); err != nil || got.UserID != "user-123" {
 		t.Fatalf("GetOrder: %+v, %v", got, err)
 	}
-	if detached, err := ledger.DetachPartitionsBefore(ctx, pool, now.AddDate(0, 0, -9)); err != nil || len(detached) != 1 {
+	if detached, err := ledger.DetachPartitionsBefore(ctx, pool, now.AddDate(0, 0, -9)); err != nil || len(detached) != 2 {
 		t.Fatalf("detaching the hash-partitioned day 10 days ago: %v, %v", detached, err)
 	}
 }

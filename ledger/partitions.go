@@ -20,6 +20,26 @@ func PartitionName(day time.Time) string {
 	return "orders_p" + day.UTC().Format("20060102")
 }
 
+// EventsPartitionName is the name of the daily partition of order_events
+// holding the events of the orders created on day (UTC): order_events_pYYYYMMDD.
+func EventsPartitionName(day time.Time) string {
+	return "order_events_p" + day.UTC().Format("20060102")
+}
+
+// dailyTable is a table partitioned by day: orders, and order_events (by
+// its order's created_at, so an order and its history share a day).
+type dailyTable struct {
+	parent string
+	name   func(time.Time) string
+	layout string // time.Parse layout of its partitions' names
+	hashed bool   // days follow partition_layout's hash sub-partitioning
+}
+
+var dailyTables = []dailyTable{
+	{parent: "orders", name: PartitionName, layout: "orders_p20060102", hashed: true},
+	{parent: "order_events", name: EventsPartitionName, layout: "order_events_p20060102"},
+}
+
 // MaxUserHashPartitions bounds the hash sub-partitions of a day.
 const MaxUserHashPartitions = 64
 
@@ -33,10 +53,11 @@ func SetUserHashPartitions(ctx context.Context, pool *pgxpool.Pool, n int) error
 	return err
 }
 
-// EnsurePartitions makes the daily partitions of orders covering [from, to]
-// (UTC days, inclusive) that do not exist yet, in the layout set by
-// SetUserHashPartitions, and returns how many it made. Make them ahead of a
-// sale: creating one locks the parent table.
+// EnsurePartitions makes the daily partitions of orders and of order_events
+// covering [from, to] (UTC days, inclusive) that do not exist yet, those of
+// orders in the layout set by SetUserHashPartitions, and returns how many
+// tables it made. Make them ahead of a sale: creating one locks the parent
+// table.
 func EnsurePartitions(ctx context.Context, pool *pgxpool.Pool, from, to time.Time) (int, error) {
 	from = truncDay(from)
 	to = truncDay(to)
@@ -49,41 +70,51 @@ func EnsurePartitions(ctx context.Context, pool *pgxpool.Pool, from, to time.Tim
 	}
 	made := 0
 	for day := from; !day.After(to); day = day.AddDate(0, 0, 1) {
-		name := PartitionName(day)
-		var exists bool
-		if err := pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", name).Scan(&exists); err != nil {
-			return made, err
+		for _, t := range dailyTables {
+			name := t.name(day)
+			var exists bool
+			if err := pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", name).Scan(&exists); err != nil {
+				return made, err
+			}
+			if exists {
+				continue
+			}
+			n := 0
+			if t.hashed {
+				n = hashN
+			}
+			if err := makePartition(ctx, pool, t.parent, name, day, n); err != nil {
+				return made, fmt.Errorf("creating partition %s: %w", name, err)
+			}
+			made++
 		}
-		if exists {
-			continue
-		}
-		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", partitionLockID); err != nil {
-				return err
-			}
-			sql := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s PARTITION OF orders FOR VALUES FROM ('%s') TO ('%s')",
-				pgx.Identifier{name}.Sanitize(), day.Format(time.RFC3339), day.AddDate(0, 0, 1).Format(time.RFC3339))
-			if hashN > 0 {
-				sql += " PARTITION BY HASH (user_id)"
-			}
-			if _, err := tx.Exec(ctx, sql); err != nil {
-				return err
-			}
-			for r := 0; r < hashN; r++ {
-				sub := fmt.Sprintf("%s_h%d", name, r)
-				if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s PARTITION OF %s FOR VALUES WITH (MODULUS %d, REMAINDER %d)",
-					pgx.Identifier{sub}.Sanitize(), pgx.Identifier{name}.Sanitize(), hashN, r)); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return made, fmt.Errorf("creating partition %s: %w", name, err)
-		}
-		made++
 	}
 	return made, nil
+}
+
+func makePartition(ctx context.Context, pool *pgxpool.Pool, parent, name string, day time.Time, hashN int) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", partitionLockID); err != nil {
+			return err
+		}
+		sql := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s PARTITION OF %s FOR VALUES FROM ('%s') TO ('%s')",
+			pgx.Identifier{name}.Sanitize(), pgx.Identifier{parent}.Sanitize(),
+			day.Format(time.RFC3339), day.AddDate(0, 0, 1).Format(time.RFC3339))
+		if hashN > 0 {
+			sql += " PARTITION BY HASH (user_id)"
+		}
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			return err
+		}
+		for r := 0; r < hashN; r++ {
+			sub := fmt.Sprintf("%s_h%d", name, r)
+			if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s PARTITION OF %s FOR VALUES WITH (MODULUS %d, REMAINDER %d)",
+				pgx.Identifier{sub}.Sanitize(), pgx.Identifier{name}.Sanitize(), hashN, r)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // EnsurePartitionsAround makes the partitions from yesterday to aheadDays
@@ -98,8 +129,9 @@ func truncDay(t time.Time) time.Time {
 }
 
 // DetachPartitionsBefore detaches, CONCURRENTLY (readers and writers of
-// orders are not blocked), the daily partitions of orders that end on or
-// before cutoff, and returns their names. It never detaches a partition that
+// orders are not blocked), the daily partitions of orders and of
+// order_events that end on or before cutoff, and returns their names (those
+// of orders first). It never detaches a partition that
 // could hold orders of a sale still in sale_items (one ending after the
 // earliest sale_started_at): edges rebuild stock from those orders, and
 // losing them would oversell. A detached partition stays a table of its own:
@@ -125,19 +157,21 @@ func DetachPartitionsBefore(ctx context.Context, pool *pgxpool.Pool, cutoff time
 		return nil, err
 	}
 	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", partitionLockID) //nolint:errcheck // released with the session anyway
-	rows, err := conn.Query(ctx, `SELECT c.relname, i.inhdetachpending FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-		WHERE i.inhparent = 'orders'::regclass ORDER BY c.relname`)
+	rows, err := conn.Query(ctx, `SELECT p.relname, c.relname, i.inhdetachpending
+		FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+		WHERE i.inhparent IN ('orders'::regclass, 'order_events'::regclass)
+		ORDER BY p.relname = 'orders' DESC, c.relname`)
 	if err != nil {
 		return nil, err
 	}
 	type part struct {
-		name    string
-		pending bool
+		parent, name string
+		pending      bool
 	}
 	var parts []part
 	for rows.Next() {
 		var p part
-		if err := rows.Scan(&p.name, &p.pending); err != nil {
+		if err := rows.Scan(&p.parent, &p.name, &p.pending); err != nil {
 			return nil, err
 		}
 		parts = append(parts, p)
@@ -147,15 +181,22 @@ func DetachPartitionsBefore(ctx context.Context, pool *pgxpool.Pool, cutoff time
 	}
 	var detached []string
 	for _, p := range parts {
-		day, err := time.Parse("orders_p20060102", p.name)
-		if err != nil || day.AddDate(0, 0, 1).After(cutoff) {
+		layout := ""
+		for _, t := range dailyTables {
+			if t.parent == p.parent {
+				layout = t.layout
+			}
+		}
+		day, err := time.Parse(layout, p.name)
+		if layout == "" || err != nil || day.AddDate(0, 0, 1).After(cutoff) {
 			continue // not one of ours, or too recent
 		}
 		mode := "CONCURRENTLY"
 		if p.pending {
 			mode = "FINALIZE"
 		}
-		if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER TABLE orders DETACH PARTITION %s %s", pgx.Identifier{p.name}.Sanitize(), mode)); err != nil {
+		if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s DETACH PARTITION %s %s",
+			pgx.Identifier{p.parent}.Sanitize(), pgx.Identifier{p.name}.Sanitize(), mode)); err != nil {
 			return detached, fmt.Errorf("detaching partition %s: %w", p.name, err)
 		}
 		detached = append(detached, p.name)

@@ -53,16 +53,59 @@ func nullTime(t time.Time) *time.Time {
 // SaleItemState is a sale item with the units the ledger already holds orders for.
 type SaleItemState struct {
 	SaleItem
-	TakenUnits int64 // units of its live orders
+	TakenUnits int64 // units of its orders that hold stock (not cancelled or expired)
 	Orders     int64 // its orders, whatever their state
+	// ReleaseSeq is the number of the last stock release of the SKU, read in
+	// the same snapshot as TakenUnits: the releases numbered above it (on
+	// flash-sale.events) are of orders TakenUnits still counts.
+	ReleaseSeq int64
 }
+
+// TxBeginner opens transactions: a *pgxpool.Pool or a *pgx.Conn.
+type TxBeginner interface {
+	BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error)
+}
+
+// snapshotTx is a read-only transaction that sees one snapshot for all its
+// statements.
+var snapshotTx = pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
 
 // LoadSaleItems returns every sale item with the units ordered since its sale
 // started, as recorded in the ledger (orders still in Kafka are not counted:
-// wait for ingest to catch up first).
+// wait for ingest to catch up first), and its ReleaseSeq. Given a pool or a
+// connection, it reads in a REPEATABLE READ transaction of its own; given a
+// transaction, in that one.
 func LoadSaleItems(ctx context.Context, q Querier) ([]SaleItemState, error) {
+	if b, ok := q.(TxBeginner); ok {
+		var items []SaleItemState
+		err := pgx.BeginTxFunc(ctx, b, snapshotTx, func(tx pgx.Tx) (err error) {
+			items, err = loadSaleItems(ctx, tx)
+			return err
+		})
+		return items, err
+	}
+	return loadSaleItems(ctx, q)
+}
+
+// LoadSaleSnapshot returns what LoadSaleItems does and calls purchase with
+// what LoadPurchases would, both from one snapshot: an edge that rebuilds its
+// stock and purchase counters from it and then applies the releases
+// numbered above each item's ReleaseSeq counts every released order exactly
+// once in both.
+func LoadSaleSnapshot(ctx context.Context, db TxBeginner, purchase func(user, sku string, units int64) error) ([]SaleItemState, error) {
+	var items []SaleItemState
+	err := pgx.BeginTxFunc(ctx, db, snapshotTx, func(tx pgx.Tx) (err error) {
+		if items, err = loadSaleItems(ctx, tx); err != nil {
+			return err
+		}
+		return LoadPurchases(ctx, tx, purchase)
+	})
+	return items, err
+}
+
+func loadSaleItems(ctx context.Context, q Querier) ([]SaleItemState, error) {
 	rows, err := q.Query(ctx, `SELECT s.sku, s.stock, s.price_cents, s.per_user_limit, s.starts_at, s.ends_at, s.sale_started_at,
-			COALESCE(o.taken, 0), COALESCE(o.orders, 0)
+			COALESCE(o.taken, 0), COALESCE(o.orders, 0), s.release_seq
 		FROM sale_items s LEFT JOIN LATERAL (
 			SELECT sum(qty) FILTER (WHERE status NOT IN ('cancelled', 'expired')) AS taken, count(*) AS orders
 			FROM orders WHERE sku = s.sku AND created_at >= s.sale_started_at) o ON true
@@ -73,7 +116,7 @@ func LoadSaleItems(ctx context.Context, q Querier) ([]SaleItemState, error) {
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (SaleItemState, error) {
 		var s SaleItemState
 		var starts, ends *time.Time
-		err := r.Scan(&s.SKU, &s.Stock, &s.PriceCents, &s.PerUserLimit, &starts, &ends, &s.SaleStartedAt, &s.TakenUnits, &s.Orders)
+		err := r.Scan(&s.SKU, &s.Stock, &s.PriceCents, &s.PerUserLimit, &starts, &ends, &s.SaleStartedAt, &s.TakenUnits, &s.Orders, &s.ReleaseSeq)
 		if starts != nil {
 			s.StartsAt = *starts
 		}
@@ -103,8 +146,10 @@ func GetSaleItem(ctx context.Context, q Querier, sku string) (SaleItem, error) {
 }
 
 // LoadPurchases calls fn with the units each user holds of each SKU that has a
-// per-user limit, counting the live orders of the SKU's current sale
-// (rebuilding the edge's purchase counters at start).
+// per-user limit, counting the orders of the SKU's current sale that hold
+// stock (not cancelled or expired), to rebuild the edge's purchase counters
+// at start. Prefer LoadSaleSnapshot, which reads them in the snapshot of the
+// items' ReleaseSeq.
 func LoadPurchases(ctx context.Context, q Querier, fn func(user, sku string, units int64) error) error {
 	rows, err := q.Query(ctx, `SELECT o.user_id, o.sku, sum(o.qty)
 		FROM sale_items s JOIN orders o ON o.sku = s.sku AND o.created_at >= s.sale_started_at

@@ -151,7 +151,8 @@ func copyOrders(ctx context.Context, pool *pgxpool.Pool, os []order.Order) (n, d
 
 // recordKeys records the batch's idempotency keys and cancels the orders
 // whose key already belongs to another order (the edge admitted a retry
-// after the key left its cache). It returns how many it cancelled. A
+// after the key left its cache), releasing their units like any
+// cancellation (see cancelDuplicates). It returns how many it cancelled. A
 // redelivered order finds its key with its own id: not a duplicate.
 func recordKeys(ctx context.Context, tx pgx.Tx, os []order.Order) (int64, error) {
 	var ids []int64
@@ -172,15 +173,7 @@ func recordKeys(ctx context.Context, tx pgx.Tx, os []order.Order) (int64, error)
 		SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ON CONFLICT DO NOTHING`, users, keys, ids); err != nil {
 		return 0, fmt.Errorf("recording idempotency keys: %w", err)
 	}
-	tag, err := tx.Exec(ctx, `UPDATE orders o SET status = 'cancelled', version = o.version + 1, updated_at = now()
-		FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[]) AS b(order_id, created_at, user_id, k)
-		JOIN idempotency_keys ik ON ik.user_id = b.user_id AND ik.idempotency_key = b.k
-		WHERE o.order_id = b.order_id AND o.created_at = b.created_at
-			AND ik.order_id <> b.order_id AND o.status = 'pending_payment'`, ids, created, users, keys)
-	if err != nil {
-		return 0, fmt.Errorf("cancelling duplicate orders: %w", err)
-	}
-	return tag.RowsAffected(), nil
+	return cancelDuplicates(ctx, tx, ids, created, users, keys)
 }
 
 func stageOrders(ctx context.Context, pool *pgxpool.Pool, os []order.Order) (n, dups int64, err error) {
@@ -211,27 +204,45 @@ type Record struct {
 	order.Order
 	Status    string
 	UpdatedAt time.Time
+	Version   int32 // +1 on every change; transitions are conditional on it
+
+	PaidCents     int64  // money the payment provider reported received
+	RefundedCents int64  // money the payment provider reported refunded
+	PaymentID     string // the provider's id of the payment that paid the order
+	RefundDue     bool   // money was received that bought nothing: refund it
 }
 
-// GetOrder returns the order with the given id. The id carries the partition
-// key, so the lookup touches one partition.
-func GetOrder(ctx context.Context, q Querier, id int64) (Record, error) {
+// recordColumns are the columns scanRecord reads, in its order.
+const recordColumns = `order_id, user_id, sku, qty, price_cents, idempotency_key, client_ip, created_at, status, updated_at,
+	version, paid_cents, refunded_cents, payment_id, refund_due`
+
+func scanRecord(row pgx.Row) (Record, error) {
 	var r Record
-	var idem, ip *string
-	err := q.QueryRow(ctx, `SELECT order_id, user_id, sku, qty, price_cents, idempotency_key, client_ip, created_at, status, updated_at
-		FROM orders WHERE order_id = $1 AND created_at = $2`, id, orderid.Time(id)).
-		Scan(&r.ID, &r.UserID, &r.SKU, &r.Qty, &r.PriceCents, &idem, &ip, &r.CreatedAt, &r.Status, &r.UpdatedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return r, ErrNotFound
-	}
-	if err != nil {
-		return r, fmt.Errorf("reading order %d: %w", id, err)
-	}
+	var idem, ip, pid *string
+	err := row.Scan(&r.ID, &r.UserID, &r.SKU, &r.Qty, &r.PriceCents, &idem, &ip, &r.CreatedAt, &r.Status, &r.UpdatedAt,
+		&r.Version, &r.PaidCents, &r.RefundedCents, &pid, &r.RefundDue)
 	if idem != nil {
 		r.IdemKey = *idem
 	}
 	if ip != nil {
 		r.ClientIP = *ip
+	}
+	if pid != nil {
+		r.PaymentID = *pid
+	}
+	return r, err
+}
+
+// GetOrder returns the order with the given id. The id carries the partition
+// key, so the lookup touches one partition.
+func GetOrder(ctx context.Context, q Querier, id int64) (Record, error) {
+	r, err := scanRecord(q.QueryRow(ctx, `SELECT `+recordColumns+`
+		FROM orders WHERE order_id = $1 AND created_at = $2`, id, orderid.Time(id)))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, ErrNotFound
+	}
+	if err != nil {
+		return r, fmt.Errorf("reading order %d: %w", id, err)
 	}
 	return r, nil
 }

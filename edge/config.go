@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/flashgate/flashgate/lib/payment"
 )
 
 // Config configures an edge. Every default says why it is what it is.
@@ -96,6 +98,9 @@ type Config struct {
 	// APIKeys are partners' keys (X-API-Key) with their own limits; a
 	// request with a key is limited by it instead of by its client IP.
 	APIKeys map[string]RateLimit
+	// Payments are the providers whose webhooks are taken at
+	// POST /v1/payments/{provider}/webhook.
+	Payments []payment.Provider
 }
 
 // DefaultConfig returns the defaults.
@@ -188,6 +193,8 @@ var (
 	jwtAudience        = flag.String("auth.audience", "", "required \"aud\" of tokens (empty: not checked)")
 	apiKeysFile        = flag.String("edge.apiKeysFile", "", "partner API keys, one per line: \"<key> <rate per second> <burst>\"; requests with X-API-Key are limited by their key instead of their IP, unknown keys get 401")
 	jwtLeeway          = flag.Duration("auth.leeway", 30*time.Second, "clock skew allowed on exp and nbf")
+	paymentProvider    = flag.String("payments.provider", "flashpay", "name of the payment provider whose signed webhooks (HMAC-SHA256, \"Flashgate-Signature: t=...,v1=...\") are taken at POST /v1/payments/{name}/webhook")
+	paymentSecretsFile = flag.String("payments.secretsFile", "", "file with the provider's webhook secrets, one per line, newest first (default: $FLASHGATE_WEBHOOK_SECRETS, comma-separated); without secrets webhooks are refused")
 )
 
 // FlagConfig returns the configuration set by the command-line flags,
@@ -200,6 +207,27 @@ func FlagConfig() (Config, error) {
 			return c, fmt.Errorf("-edge.apiKeysFile: %w", err)
 		}
 		c.APIKeys = keys
+	}
+	hooks := strings.Split(os.Getenv("FLASHGATE_WEBHOOK_SECRETS"), ",")
+	if *paymentSecretsFile != "" {
+		b, err := os.ReadFile(*paymentSecretsFile)
+		if err != nil {
+			return c, fmt.Errorf("-payments.secretsFile: %w", err)
+		}
+		hooks = strings.Split(string(b), "\n")
+	}
+	var keys [][]byte
+	for _, sec := range hooks {
+		if sec = strings.TrimSpace(sec); sec != "" {
+			keys = append(keys, []byte(sec))
+		}
+	}
+	if len(keys) > 0 {
+		p, err := payment.NewHMAC(*paymentProvider, keys...)
+		if err != nil {
+			return c, err
+		}
+		c.Payments = append(c.Payments, p)
 	}
 	c.JWT = JWTConfig{Issuer: *jwtIssuer, Audience: *jwtAudience, Leeway: *jwtLeeway, CacheBytes: 32 << 20}
 	secrets := strings.Split(*jwtHS256Secret, ",")

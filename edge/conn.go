@@ -43,8 +43,6 @@ type slot struct {
 	bodyOff  int  // where the 202 body starts in resp (stored for idempotent replays)
 	userLen  int  // key holds the user id
 	promise  func(*kgo.Record, error)
-	readID   int64
-	readUser []byte
 }
 
 // connState is a connection's state; only its event loop touches it, except

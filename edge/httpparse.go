@@ -20,6 +20,9 @@ type request struct {
 	xff     []byte
 	auth    []byte
 	apiKey  []byte
+	// signature is a payment webhook's signature: the last header whose
+	// name ends in "-signature" (Flashgate-Signature, Stripe-Signature, ...).
+	signature []byte
 }
 
 // parseLimits are the protocol limits the parser enforces.
@@ -151,6 +154,8 @@ func parseOne(buf []byte, r *request, lim *parseLimits) (n int, status int) {
 			r.auth = value
 		case equalFold(name, "x-api-key"):
 			r.apiKey = value
+		case len(name) > len("-signature") && equalFold(name[len(name)-len("-signature"):], "-signature"):
+			r.signature = value
 		}
 	}
 	switch {

@@ -20,6 +20,7 @@ import (
 var (
 	pathOrders      = []byte("/v1/orders")
 	pathOrdersSlash = []byte("/v1/orders/")
+	pathPayments    = []byte("/v1/payments/")
 	locationPrefix  = []byte("/v1/orders/")
 	healthOK        = []byte(`{"status":"ok"}`)
 	notReady        = []byte(`{"status":"not ready"}`)
@@ -38,16 +39,30 @@ func (s *Server) serve(cs *connState, r *request) {
 		}
 		s.postOrder(cs, r, closeAfter)
 	case bytes.HasPrefix(path, pathOrdersSlash):
-		id, ok := parseOrderID(path[len(pathOrdersSlash):])
-		if !ok {
+		rest, action, _ := bytes.Cut(path[len(pathOrdersSlash):], []byte("/"))
+		id, ok := parseOrderID(rest)
+		switch {
+		case !ok || (len(action) > 0 && string(action) != "cancel"):
 			cs.problem(404, probNotFound, "no such order", respHeader{close: closeAfter})
-			return
-		}
-		if string(r.method) != "GET" {
+		case len(action) > 0 && string(r.method) != "POST":
+			cs.problem(405, probMethod, "use POST /v1/orders/{id}/cancel", respHeader{close: closeAfter})
+		case len(action) > 0:
+			s.cancelOrder(cs, r, id, closeAfter)
+		case string(r.method) != "GET":
 			cs.problem(405, probMethod, "use GET", respHeader{close: closeAfter})
-			return
+		default:
+			s.getOrder(cs, r, id, closeAfter)
 		}
-		s.getOrder(cs, r, id, closeAfter)
+	case bytes.HasPrefix(path, pathPayments):
+		name, ok := bytes.CutSuffix(path[len(pathPayments):], []byte("/webhook"))
+		switch {
+		case !ok || len(name) == 0 || bytes.IndexByte(name, '/') >= 0:
+			cs.problem(404, probNotFound, "no such endpoint", respHeader{close: closeAfter})
+		case string(r.method) != "POST":
+			cs.problem(405, probMethod, "use POST /v1/payments/{provider}/webhook", respHeader{close: closeAfter})
+		default:
+			s.webhook(cs, r, name, closeAfter)
+		}
 	case string(path) == "/healthz":
 		cs.respond(200, &respHeader{close: closeAfter}, healthOK)
 	case string(path) == "/readyz":
@@ -281,17 +296,41 @@ func definiteFailure(err error) bool {
 
 // getOrder answers GET /v1/orders/{id} from the ledger, or from the
 // recent-orders cache ("accepted") while the ledger does not have it yet.
-// The read runs off the event loop.
 func (s *Server) getOrder(cs *connState, r *request, id int64, closeAfter bool) {
 	user := s.identify(cs, r, closeAfter)
 	if user == nil || !s.rateLimit(cs, user, s.clientIP(cs, r), r.apiKey, time.Now().UnixNano(), closeAfter) {
 		return
 	}
+	owner := string(user)
+	s.ledgerCall(cs, closeAfter, func(ctx context.Context, buf []byte) (int, []byte) {
+		rec, err := ledger.GetOrder(ctx, s.pool, id)
+		switch {
+		case err == nil && owner == rec.UserID:
+			return 200, appendOrder(buf, &rec)
+		case errors.Is(err, ledger.ErrNotFound):
+			if body, ok := s.recentFor(id, owner, buf); ok {
+				return 200, body // accepted, on its way to the ledger
+			}
+			return 404, appendProblem(buf, 404, probNotFound, "no such order")
+		case err == nil: // another user's order is answered as if it did not exist
+			return 404, appendProblem(buf, 404, probNotFound, "no such order")
+		default:
+			slog.Warn("edge: order read failed", "order_id", id, "err", err)
+			return 503, appendProblem(buf, 503, probUnavailable, "the ledger cannot be read now")
+		}
+	})
+}
+
+// ledgerCall answers a request with ledger work done off the event loop, at
+// most -edge.maxReadsInFlight at a time (past it 503 at once). call runs on
+// its own goroutine under a 5 s deadline and returns the status and body,
+// built in buf; the response leaves in pipeline order.
+func (s *Server) ledgerCall(cs *connState, closeAfter bool, call func(ctx context.Context, buf []byte) (int, []byte)) {
 	select {
 	case s.readSem <- struct{}{}:
 	default:
 		readsRejectedTotal.Inc()
-		cs.problem(503, probUnavailable, "too many reads in flight; see -edge.maxReadsInFlight", respHeader{close: closeAfter, retryAfter: 1})
+		cs.problem(503, probUnavailable, "too many ledger requests in flight; see -edge.maxReadsInFlight", respHeader{close: closeAfter, retryAfter: 1})
 		return
 	}
 	sl := cs.push()
@@ -300,50 +339,34 @@ func (s *Server) getOrder(cs *connState, r *request, id int64, closeAfter bool) 
 	if closeAfter {
 		cs.closing = true
 	}
-	sl.readID = id
-	sl.readUser = append(sl.readUser[:0], user...)
-	go s.readOrder(sl)
+	go func() {
+		defer func() { <-s.readSem }()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		status, body := call(ctx, sl.val[:0])
+		sl.val = body[:0]
+		h := respHeader{close: sl.close}
+		if status >= 400 {
+			h.contentType = "application/problem+json"
+		}
+		if status == 503 {
+			h.retryAfter = 1
+		}
+		responsesTotal[status].Inc()
+		sl.resp = appendResponse(sl.resp[:0], status, &h, body)
+		sl.complete()
+	}()
 }
 
-func (s *Server) readOrder(sl *slot) {
-	defer func() { <-s.readSem }()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	rec, err := ledger.GetOrder(ctx, s.pool, sl.readID)
-	status, body := 200, []byte(nil)
-	switch {
-	case err == nil && string(sl.readUser) == rec.UserID:
-		body = appendOrder(sl.val[:0], &rec)
-	case errors.Is(err, ledger.ErrNotFound) && s.recentFor(sl):
-		body = sl.val // accepted, on its way to the ledger
-	case err == nil || errors.Is(err, ledger.ErrNotFound):
-		// Another user's order is answered as if it did not exist.
-		status, body = 404, appendProblem(sl.val[:0], 404, probNotFound, "no such order")
-	default:
-		status, body = 503, appendProblem(sl.val[:0], 503, probUnavailable, "the ledger cannot be read now")
-		slog.Warn("edge: order read failed", "order_id", sl.readID, "err", err)
+// recentFor looks order id up in the recent-orders cache and, when owner
+// placed it, returns its "accepted" body appended to buf.
+func (s *Server) recentFor(id int64, owner string, buf []byte) ([]byte, bool) {
+	var tmp [128]byte
+	user, sku, qty, ok := s.recent.get(id, tmp[:0])
+	if !ok || string(user) != owner {
+		return nil, false
 	}
-	h := respHeader{close: sl.close}
-	if status != 200 {
-		h.contentType = "application/problem+json"
-	}
-	if status == 503 {
-		h.retryAfter = 1
-	}
-	responsesTotal[status].Inc()
-	sl.resp = appendResponse(sl.resp[:0], status, &h, body)
-	sl.complete()
-}
-
-// recentFor looks the slot's order up in the recent-orders cache and, when
-// the caller placed it, leaves its "accepted" body in sl.val.
-func (s *Server) recentFor(sl *slot) bool {
-	user, sku, qty, ok := s.recent.get(sl.readID, sl.resp[:0])
-	if !ok || string(user) != string(sl.readUser) {
-		return false
-	}
-	sl.val = appendAccepted(sl.val[:0], sl.readID, sku, qty, user)
-	return true
+	return appendAccepted(buf, id, sku, qty, user), true
 }
 
 func appendOrder(dst []byte, r *ledger.Record) []byte {

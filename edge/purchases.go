@@ -125,6 +125,22 @@ func (s *purchaseSlot) release(qty int64) {
 	}
 }
 
+// forgive takes back qty units of user's count of sku (their order was
+// cancelled or expired), never below zero; a pair without a counter has
+// nothing to take back.
+func (t *purchaseTable) forgive(user, sku []byte, qty int64) {
+	s := t.slot(user, sku, false)
+	if s == nil {
+		return
+	}
+	for {
+		u := s.units.Load()
+		if s.units.CompareAndSwap(u, max(0, u-qty)) {
+			return
+		}
+	}
+}
+
 // set records units already bought (rebuilding from the ledger at start).
 func (t *purchaseTable) set(user, sku []byte, units int64) bool {
 	s := t.slot(user, sku, true)

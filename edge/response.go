@@ -27,6 +27,10 @@ const (
 	probNotFound       = "not-found"
 	probMethod         = "method-not-allowed"
 	probProtocol       = "protocol-error"
+	// The order lifecycle.
+	probInvalidTransition = "invalid-transition"
+	probNotYet            = "not-in-ledger-yet"
+	probDuplicateEvent    = "duplicate-event"
 )
 
 var statusText = map[int]string{

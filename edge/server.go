@@ -17,6 +17,7 @@ import (
 	"github.com/flashgate/flashgate/ledger"
 	"github.com/flashgate/flashgate/lib/broker"
 	"github.com/flashgate/flashgate/lib/orderid"
+	"github.com/flashgate/flashgate/lib/payment"
 )
 
 // Server is the edge: HTTP on gnet event loops, admission, Kafka hand-off.
@@ -39,6 +40,8 @@ type Server struct {
 	// produce outcome is unknown, until reconciled.
 	breaker *breaker
 	unknown *unknownOrders
+	// payments are the webhook providers by name.
+	payments map[string]payment.Provider
 
 	shardsMu sync.Mutex
 	shards   atomic.Pointer[[]*shard] // index = shard number
@@ -82,6 +85,10 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 	}
 	for i := 0; i < cfg.loops(); i++ {
 		s.gens = append(s.gens, orderid.MustNew(cfg.NodeID, i))
+	}
+	s.payments = map[string]payment.Provider{}
+	for _, p := range cfg.Payments {
+		s.payments[p.Name()] = p
 	}
 	var err error
 	if s.limits, err = newLimiters(&cfg); err != nil {
@@ -140,7 +147,14 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 // less the units of the orders the ledger holds. Orders still in Kafka are not
 // in the ledger yet: wait for ingest to catch up before calling this.
 func (s *Server) LoadSaleItems(ctx context.Context) error {
-	items, err := ledger.LoadSaleItems(ctx, s.pool)
+	pairs := 0
+	items, err := ledger.LoadSaleSnapshot(ctx, s.pool, func(user, sku string, units int64) error {
+		pairs++
+		if !s.purchases.set([]byte(user), []byte(sku), units) {
+			return fmt.Errorf("the purchase table is full after %d (user, SKU) pairs; possible fix: raise -edge.purchaseSlots", pairs)
+		}
+		return nil
+	})
 	if err != nil {
 		return err
 	}
@@ -150,17 +164,7 @@ func (s *Server) LoadSaleItems(ctx context.Context) error {
 			return err
 		}
 		item.accepted.Store(it.Orders)
-	}
-	pairs := 0
-	err = ledger.LoadPurchases(ctx, s.pool, func(user, sku string, units int64) error {
-		pairs++
-		if !s.purchases.set([]byte(user), []byte(sku), units) {
-			return fmt.Errorf("the purchase table is full after %d (user, SKU) pairs; possible fix: raise -edge.purchaseSlots", pairs)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
+		item.releaseSeq.Store(it.ReleaseSeq) // releases above it are of orders TakenUnits counts
 	}
 	slog.Info("edge: sale items loaded from the ledger", "skus", len(items), "limited_purchases", pairs)
 	return nil
@@ -191,6 +195,7 @@ func (s *Server) Start() error {
 				slog.Warn("edge: no ledger: orders of unknown produce outcome keep their stock taken (not reconciled)")
 			}
 			go s.runHandoff(ctx)
+			go s.runReleases(ctx)
 		}
 		return nil
 	case err := <-s.runErr:

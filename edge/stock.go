@@ -42,6 +42,7 @@ type saleItem struct {
 	stock atomic.Int64 // units of the whole sale, as last set
 
 	accepted     atomic.Int64 // orders answered 202
+	releaseSeq   atomic.Int64 // the last stock release (flash-sale.events) counted
 	priceCents   atomic.Int64
 	perUserLimit atomic.Int32
 	startsAtNs   atomic.Int64 // 0 = no start bound

@@ -1,0 +1,191 @@
+package edge
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flashgate/flashgate/ingest"
+	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/payment"
+	"github.com/flashgate/flashgate/lib/testenv"
+)
+
+var webhookSecret = []byte("test-webhook-secret-0123456789")
+
+// startLifecycle runs an edge with its ledger, ingest and the outbox relay,
+// selling sku with stock units.
+func startLifecycle(t *testing.T, sku string, stock int64) *Server {
+	t.Helper()
+	kf := testenv.Broker(t, 3)
+	pool, url := testenv.Ledger(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+
+	icfg := ingest.DefaultConfig()
+	icfg.Brokers = []string{kf.Addr()}
+	ipool, err := ledger.Open(ctx, url, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ipool.Close)
+	svc, err := ingest.Start(icfg, ipool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(svc.Stop)
+
+	// ingest runs the outbox relay too: releases reach flash-sale.events.
+
+	cfg := DefaultConfig()
+	cfg.Addr, cfg.Brokers = freeAddr(t), []string{kf.Addr()}
+	hook, err := payment.NewHMAC("testpay", webhookSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Payments = []payment.Provider{hook}
+	s, err := New(cfg, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.LoadSaleItems(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutSaleItem(ctx, ledger.SaleItem{SKU: sku, Stock: stock, PriceCents: 500}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Stop(context.Background()) })
+	return s
+}
+
+// call sends a request to the edge and returns the status and body.
+func call(t *testing.T, s *Server, method, path, user string, hdr map[string]string, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://"+s.cfg.Addr+path, strings.NewReader(body))
+	if user != "" {
+		req.Header.Set("X-User-ID", user)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// waitStatus waits until the ledger holds order id (GET answers its status).
+func waitStatus(t *testing.T, s *Server, id, user, status string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, body := call(t, s, "GET", "/v1/orders/"+id, user, nil, "")
+		if code == 200 && strings.Contains(body, `"status":"`+status+`"`) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("order %s never reached %s: %d %s", id, status, code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A cancelled order's units come back to the sale, once, and only its owner
+// can cancel it, only while it awaits payment.
+func TestCancelReleasesStock(t *testing.T) {
+	s := startLifecycle(t, "CAN-1", 2)
+	code, body := call(t, s, "POST", "/v1/orders", "alice", nil, `{"sku":"CAN-1","qty":2}`)
+	if code != 202 {
+		t.Fatalf("order: %d %s", code, body)
+	}
+	id := orderIDOf(t, body)
+	if code, body := call(t, s, "POST", "/v1/orders", "bob", nil, `{"sku":"CAN-1","qty":1}`); code != 409 {
+		t.Fatalf("order on no stock: %d %s", code, body)
+	}
+	waitStatus(t, s, id, "alice", "pending_payment")
+
+	if code, body := call(t, s, "POST", "/v1/orders/"+id+"/cancel", "bob", nil, ""); code != 404 {
+		t.Fatalf("bob cancels alice's order: %d %s, want 404", code, body)
+	}
+	if code, body := call(t, s, "POST", "/v1/orders/"+id+"/cancel", "alice", nil, ""); code != 200 || !strings.Contains(body, `"status":"cancelled"`) {
+		t.Fatalf("alice cancels: %d %s", code, body)
+	}
+	if code, body := call(t, s, "POST", "/v1/orders/"+id+"/cancel", "alice", nil, ""); code != 409 || !strings.Contains(body, "invalid-transition") {
+		t.Fatalf("second cancel: %d %s, want 409 invalid-transition", code, body)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for s.items.lookup([]byte("CAN-1")).remaining() != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the cancelled order's 2 units never came back: %d left", s.items.lookup([]byte("CAN-1")).remaining())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, user := range []string{"bob", "carol"} {
+		if code, body := call(t, s, "POST", "/v1/orders", user, nil, `{"sku":"CAN-1","qty":1}`); code != 202 {
+			t.Fatalf("%s orders a released unit: %d %s", user, code, body)
+		}
+	}
+	if code, _ := call(t, s, "POST", "/v1/orders", "dave", nil, `{"sku":"CAN-1","qty":1}`); code != 409 {
+		t.Fatalf("a third order on 2 released units: %d, want 409 (released once)", code)
+	}
+}
+
+// Signed payment webhooks pay an order once; bad, stale, replayed and
+// misdirected ones are refused with their own 4xx and change nothing.
+func TestPaymentWebhook(t *testing.T) {
+	s := startLifecycle(t, "PAY-1", 10)
+	code, body := call(t, s, "POST", "/v1/orders", "payer", nil, `{"sku":"PAY-1","qty":2}`)
+	if code != 202 {
+		t.Fatalf("order: %d %s", code, body)
+	}
+	id := orderIDOf(t, body)
+	waitStatus(t, s, id, "payer", "pending_payment")
+
+	event := func(evID, orderID string, cents int) string {
+		return `{"id":"` + evID + `","type":"payment.succeeded","order_id":"` + orderID + `","amount_cents":` + strconv.Itoa(cents) + `}`
+	}
+	hook := func(body string, sig string) (int, string) {
+		return call(t, s, "POST", "/v1/payments/testpay/webhook", "", map[string]string{"Flashgate-Signature": sig}, body)
+	}
+	now := time.Now()
+	paid := event("evt_1", id, 1000)
+	for _, c := range []struct {
+		name, body, sig string
+		want            int
+	}{
+		{"wrong secret", paid, payment.Sign([]byte("another-secret-0123456789"), []byte(paid), now), 401},
+		{"stale", paid, payment.Sign(webhookSecret, []byte(paid), now.Add(-10*time.Minute)), 401},
+		{"no signature", paid, "", 400},
+		{"unknown order", event("evt_2", "12345", 1000), payment.Sign(webhookSecret, []byte(event("evt_2", "12345", 1000)), now), 404},
+		{"malformed", `{"id":"evt_3"}`, payment.Sign(webhookSecret, []byte(`{"id":"evt_3"}`), now), 400},
+	} {
+		if code, body := hook(c.body, c.sig); code != c.want {
+			t.Errorf("%s: %d %s, want %d", c.name, code, body, c.want)
+		}
+	}
+	if code, body := call(t, s, "POST", "/v1/payments/nosuch/webhook", "", nil, paid); code != 404 {
+		t.Errorf("unknown provider: %d %s", code, body)
+	}
+	waitStatus(t, s, id, "payer", "pending_payment") // nothing applied
+
+	if code, body := hook(paid, payment.Sign(webhookSecret, []byte(paid), now)); code != 200 || !strings.Contains(body, `"status":"paid"`) {
+		t.Fatalf("signed payment: %d %s", code, body)
+	}
+	if code, body := hook(paid, payment.Sign(webhookSecret, []byte(paid), now)); code != 409 || !strings.Contains(body, "duplicate-event") {
+		t.Fatalf("replayed payment: %d %s, want 409 duplicate-event", code, body)
+	}
+	if code, body := call(t, s, "POST", "/v1/orders/"+id+"/cancel", "payer", nil, ""); code != 409 {
+		t.Fatalf("cancel of a paid order: %d %s, want 409", code, body)
+	}
+	waitStatus(t, s, id, "payer", "paid")
+}

@@ -132,6 +132,50 @@ func runPartitions(ctx context.Context) error {
 	})
 }
 
+func runExpire(ctx context.Context) error {
+	return withLedger(ctx, func(pool *pgxpool.Pool) error {
+		if *expireOnce {
+			n, err := expireOrders(ctx, pool, *payWindow)
+			fmt.Printf("orders expired: %d (unpaid after %v)\n", n, *payWindow)
+			return err
+		}
+		runExpirer(ctx, pool, *payWindow, *expireEvery)
+		return nil
+	})
+}
+
+// expireOrders expires every order unpaid after window, in batches.
+func expireOrders(ctx context.Context, pool *pgxpool.Pool, window time.Duration) (int, error) {
+	total := 0
+	for {
+		n, err := ledger.ExpireDue(ctx, pool, window, 1000)
+		total += n
+		if err != nil || n < 1000 {
+			return total, err
+		}
+	}
+}
+
+// runExpirer expires orders unpaid after window every interval until ctx
+// ends. Several may run: they skip each other's locked rows.
+func runExpirer(ctx context.Context, pool *pgxpool.Pool, window, every time.Duration) {
+	slog.Info("ledger: expirer running", "payment_window", window, "every", every)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if n, err := expireOrders(ctx, pool, window); err != nil && ctx.Err() == nil {
+			slog.Warn("ledger: expiring orders failed; will retry", "err", err)
+		} else if n > 0 {
+			slog.Info("ledger: orders expired, their stock released", "orders", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // withLedger runs fn with a small pool on --database-url.
 func withLedger(ctx context.Context, fn func(*pgxpool.Pool) error) error {
 	_, url, err := requireBackends(false)

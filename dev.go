@@ -28,7 +28,9 @@ type devOptions struct {
 	KafkaBrokers string // empty = embedded broker
 	// KafkaSecurity is TLS and SASL towards KafkaBrokers.
 	KafkaSecurity *broker.Security
-	KafkaSync     bool   // the embedded broker fsyncs every batch before its ack
+	KafkaSync     bool // the embedded broker fsyncs every batch before its ack
+	PaymentWindow time.Duration
+	ExpireEvery   time.Duration
 	DatabaseURL   string // empty = private cluster
 	Demo          bool
 	Partitions    int32
@@ -40,7 +42,7 @@ type devOptions struct {
 func devOptionsFromFlags() devOptions {
 	return devOptions{
 		DataDir: *dataDir, EdgeAddr: *edgeAddr, AdminAddr: *adminAddr, KafkaAddr: *kafkaAddr,
-		KafkaBrokers: *kafkaBrokers, KafkaSecurity: kafkaSecurity, KafkaSync: *kafkaSync, DatabaseURL: *databaseURL, Demo: *demo, Partitions: int32(*partitions),
+		KafkaBrokers: *kafkaBrokers, KafkaSecurity: kafkaSecurity, KafkaSync: *kafkaSync, PaymentWindow: *payWindow, ExpireEvery: *expireEvery, DatabaseURL: *databaseURL, Demo: *demo, Partitions: int32(*partitions),
 		Edge: edgeConfigFromFlags(), Ingest: ingest.FlagConfig(),
 	}
 }
@@ -157,6 +159,11 @@ func runDev(ctx context.Context, o devOptions, ready func(devEnv)) (err error) {
 		}
 		ing.Stop()
 	})
+
+	expCtx, stopExpirer := context.WithCancel(ctx)
+	expDone := make(chan struct{})
+	go func() { defer close(expDone); runExpirer(expCtx, pool, o.PaymentWindow, o.ExpireEvery) }()
+	stops = append(stops, func() { stopExpirer(); <-expDone })
 
 	o.Edge.Addr, o.Edge.Brokers, o.Edge.KafkaOpts = o.EdgeAddr, brokers, kafkaOpts
 	e, err := startEdge(ctx, o.Edge, pool, adm, o.Ingest.Group, o.AdminAddr)

@@ -48,6 +48,7 @@ func startDev(t *testing.T, dir string) *devStack {
 	o := devOptions{
 		DataDir: dir, EdgeAddr: freeAddr(t), AdminAddr: freeAddr(t), KafkaAddr: freeAddr(t),
 		Partitions: 3, Edge: edge.DefaultConfig(), Ingest: ingest.DefaultConfig(), PGNoFsync: true,
+		PaymentWindow: 15 * time.Minute, ExpireEvery: time.Second,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	st := &devStack{cancel: cancel, done: make(chan error, 1)}

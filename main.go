@@ -29,6 +29,9 @@ var (
 	trustProxy   = flag.String("trust-proxy", "127.0.0.0/8", "comma list of CIDRs whose X-Forwarded-For is believed for the client IP")
 	partitions   = flag.Int("kafka.partitions", 6, "partitions of the topics flashgate creates when they are missing")
 	hashParts    = flag.Int("ledger.userHashPartitions", -1, "ledger partitions: sub-partition each daily partition of orders made from now on by hash of user_id into this many tables (0: none, at most 64); -1 leaves the layout as it is")
+	payWindow    = flag.Duration("ledger.paymentWindow", 15*time.Minute, "an order not paid within this time after it was placed expires, and its units go back to the sale")
+	expireEvery  = flag.Duration("ledger.expireEvery", time.Second, "ledger expire (and dev): how often the expirer looks for orders past the payment window")
+	expireOnce   = flag.Bool("ledger.expireOnce", false, "ledger expire: one pass, then exit (for cron)")
 	kafkaSync    = flag.Bool("kafka.syncWrites", true, "dev: the embedded broker fsyncs every batch before acking it (a 202 survives a power loss); false: page cache only, like a Kafka broker's default (survives kill -9, ~10x faster here)")
 	logLevel     = flag.String("log.level", "info", "log level: debug, info, warn, error")
 	// TLS and SASL towards real Kafka clusters (--kafka-tls*, --kafka-sasl-*).
@@ -44,6 +47,7 @@ Commands:
   edge                 the order edge and its admin plane (needs --kafka-brokers and --database-url)
   ingest               ingest workers: order.created -> PostgreSQL (needs --kafka-brokers and --database-url)
   ledger migrate       apply the schema migrations
+  ledger expire        expire orders unpaid after -ledger.paymentWindow, releasing their stock (runs until stopped; -ledger.expireOnce for one pass)
   ledger partitions    make the daily partitions of orders ahead (-ingest.partitionsAhead days), detach old ones (-ingest.retentionDays)
   version              print the version
 
@@ -61,7 +65,7 @@ func main() {
 	cmd, args := os.Args[1], os.Args[2:]
 	if cmd == "ledger" {
 		if len(args) == 0 {
-			fatalUsage("ledger needs a subcommand: migrate or partitions")
+			fatalUsage("ledger needs a subcommand: migrate, partitions or expire")
 		}
 		cmd, args = "ledger "+args[0], args[1:]
 	}
@@ -94,9 +98,11 @@ func main() {
 		err = runMigrate(ctx)
 	case "ledger partitions":
 		err = runPartitions(ctx)
+	case "ledger expire":
+		err = runExpire(ctx)
 	case "version":
 		fmt.Println("flashgate", version)
-	case "ledger reconcile", "ledger expire", "tracegen", "replay", "bench":
+	case "ledger reconcile", "tracegen", "replay", "bench":
 		err = fmt.Errorf("%q is not available yet in this version", cmd)
 	default:
 		fatalUsage(fmt.Sprintf("unknown command %q", cmd))

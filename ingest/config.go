@@ -33,6 +33,9 @@ type Config struct {
 	RetentionDays int
 	// RetryMax caps the backoff between database retries.
 	RetryMax time.Duration
+	// Relay runs the ledger's outbox relay (order events and stock releases
+	// to Kafka) in this process; any number may: one publishes at a time.
+	Relay bool
 }
 
 // DefaultConfig returns the defaults.
@@ -45,6 +48,7 @@ func DefaultConfig() Config {
 		BatchAge:            50 * time.Millisecond,
 		PartitionsAheadDays: 7,
 		RetryMax:            5 * time.Second,
+		Relay:               true,
 	}
 }
 
@@ -57,6 +61,7 @@ func init() {
 	flag.DurationVar(&flagConfig.BatchAge, "ingest.batchAge", flagConfig.BatchAge, "how long a batch waits for more rows after its first before it is written")
 	flag.IntVar(&flagConfig.PartitionsAheadDays, "ingest.partitionsAhead", flagConfig.PartitionsAheadDays, "daily partitions of orders made ahead of today")
 	flag.IntVar(&flagConfig.RetentionDays, "ingest.retentionDays", flagConfig.RetentionDays, "detach (CONCURRENTLY) the daily partitions of orders older than this many days, never one holding orders of a sale still in sale_items; detached partitions stay as tables to archive and drop; 0 keeps all")
+	flag.BoolVar(&flagConfig.Relay, "ingest.relay", flagConfig.Relay, "also publish the ledger's outbox (order events, stock releases) to Kafka; several processes may, one at a time")
 	flag.StringVar(&flagConfig.Group, "ingest.group", flagConfig.Group, "Kafka consumer group of the ingest workers")
 }
 

@@ -73,6 +73,13 @@ func Start(cfg Config, pool *pgxpool.Pool) (*Service, error) {
 		defer s.wg.Done()
 		s.watchLag(ctx)
 	}()
+	if cfg.Relay {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.relay(ctx)
+		}()
+	}
 	return s, nil
 }
 
@@ -82,6 +89,30 @@ func Start(cfg Config, pool *pgxpool.Pool) (*Service, error) {
 func (s *Service) Stop() {
 	s.stop()
 	s.wg.Wait()
+}
+
+// relay publishes the ledger's outbox until ctx ends, restarting after an
+// error.
+func (s *Service) relay(ctx context.Context) {
+	cl, err := kgo.NewClient(append([]kgo.Opt{
+		kgo.SeedBrokers(s.cfg.Brokers...),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerBatchCompression(kgo.ZstdCompression(), kgo.NoCompression()),
+	}, s.cfg.KafkaOpts...)...)
+	if err != nil {
+		slog.Error("ingest: no client for the outbox relay; order events and stock releases are not published", "err", err)
+		return
+	}
+	defer cl.Close()
+	for ctx.Err() == nil {
+		if err := ledger.RunRelay(ctx, s.pool, cl); err != nil && ctx.Err() == nil {
+			slog.Error("ingest: outbox relay stopped; restarting", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
 }
 
 // watchLag sets the consumer-lag gauge every few seconds.

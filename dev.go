@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -16,6 +19,7 @@ import (
 	"github.com/flashgate/flashgate/ingest"
 	"github.com/flashgate/flashgate/ledger"
 	"github.com/flashgate/flashgate/lib/broker"
+	"github.com/flashgate/flashgate/lib/payment"
 	"github.com/flashgate/flashgate/lib/pgcluster"
 )
 
@@ -64,10 +68,37 @@ func edgeConfigFromFlags() edge.Config {
 // devEnv is what dev.env holds.
 type devEnv struct {
 	DatabaseURL, KafkaBrokers, EdgeURL, AdminURL string
+	// WebhookProvider and WebhookSecret sign payment webhooks for the edge.
+	WebhookProvider, WebhookSecret string
 }
 
 func (e devEnv) String() string {
-	return fmt.Sprintf("DATABASE_URL=%s\nKAFKA_BROKERS=%s\nEDGE_URL=%s\nADMIN_URL=%s\n", e.DatabaseURL, e.KafkaBrokers, e.EdgeURL, e.AdminURL)
+	s := fmt.Sprintf("DATABASE_URL=%s\nKAFKA_BROKERS=%s\nEDGE_URL=%s\nADMIN_URL=%s\n", e.DatabaseURL, e.KafkaBrokers, e.EdgeURL, e.AdminURL)
+	if e.WebhookSecret != "" {
+		s += fmt.Sprintf("WEBHOOK_PROVIDER=%s\nWEBHOOK_SECRET=%s\n", e.WebhookProvider, e.WebhookSecret)
+	}
+	return s
+}
+
+// devWebhookSecret returns the payment provider dev takes webhooks from when
+// none is configured: the HMAC adapter named flashpay with a random secret
+// kept in <data-dir>/webhook.secret (reused by the next start).
+func devWebhookSecret(dir string) (payment.Provider, string, error) {
+	path := filepath.Join(dir, "webhook.secret")
+	secret, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		b := make([]byte, 24)
+		if _, err := rand.Read(b); err != nil {
+			return nil, "", err
+		}
+		secret = []byte(hex.EncodeToString(b))
+		err = os.WriteFile(path, secret, 0o600)
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	p, err := payment.NewHMAC("flashpay", secret)
+	return p, string(secret), err
 }
 
 // demoSale is what --demo loads (only SKUs the ledger does not know yet, so
@@ -166,6 +197,14 @@ func runDev(ctx context.Context, o devOptions, ready func(devEnv)) (err error) {
 	stops = append(stops, func() { stopExpirer(); <-expDone })
 
 	o.Edge.Addr, o.Edge.Brokers, o.Edge.KafkaOpts = o.EdgeAddr, brokers, kafkaOpts
+	var hookSecret, hookProvider string
+	if len(o.Edge.Payments) == 0 {
+		p, secret, err := devWebhookSecret(dir)
+		if err != nil {
+			return err
+		}
+		o.Edge.Payments, hookSecret, hookProvider = []payment.Provider{p}, secret, p.Name()
+	}
 	e, err := startEdge(ctx, o.Edge, pool, adm, o.Ingest.Group, o.AdminAddr)
 	if err != nil {
 		return err
@@ -178,7 +217,8 @@ func runDev(ctx context.Context, o devOptions, ready func(devEnv)) (err error) {
 		}
 	}
 
-	env := devEnv{DatabaseURL: dbURL, KafkaBrokers: strings.Join(brokers, ","), EdgeURL: "http://" + o.EdgeAddr, AdminURL: "http://" + e.admin.Addr()}
+	env := devEnv{DatabaseURL: dbURL, KafkaBrokers: strings.Join(brokers, ","), EdgeURL: "http://" + o.EdgeAddr, AdminURL: "http://" + e.admin.Addr(),
+		WebhookProvider: hookProvider, WebhookSecret: hookSecret}
 	if err := os.WriteFile(filepath.Join(dir, "dev.env"), []byte(env.String()), 0o644); err != nil {
 		return err
 	}

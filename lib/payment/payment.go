@@ -104,7 +104,7 @@ func (h *HMAC) Verify(signature, body []byte, now time.Time) (Event, error) {
 		k, v, ok := bytes.Cut(bytes.TrimSpace(part), []byte("="))
 		switch {
 		case !ok:
-			return Event{}, fmt.Errorf("%w: signature header %q is not t=...,v1=...", ErrMalformed, signature)
+			return Event{}, fmt.Errorf("%w: signature header %q is not \"t=<unix seconds>,v1=<hex>\"", ErrMalformed, signature)
 		case string(k) == "t":
 			ts = v
 		case string(k) == "v1":

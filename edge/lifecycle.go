@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -89,5 +90,57 @@ func (s *Server) webhook(cs *connState, r *request, name []byte, closeAfter bool
 			slog.Warn("edge: payment event not applied", "provider", ev.Provider, "event", ev.ID, "err", err)
 			return 503, appendProblem(buf, 503, probUnavailable, "the ledger cannot be written now; the provider should retry")
 		}
+	})
+}
+
+// listOrders answers GET /v1/orders?limit=N&cursor=C: the caller's orders,
+// newest first, limit per page (default 20, at most 100); a page that may
+// have more says so with "next_cursor", to pass as cursor for the next one.
+// Orders still on their way to the ledger are not listed yet.
+func (s *Server) listOrders(cs *connState, r *request, closeAfter bool) {
+	user := s.identify(cs, r, closeAfter)
+	if user == nil || !s.rateLimit(cs, user, s.clientIP(cs, r), r.apiKey, time.Now().UnixNano(), closeAfter) {
+		return
+	}
+	q, err := url.ParseQuery(string(r.query))
+	limit, cursor := 20, int64(0)
+	if err == nil && q.Has("limit") {
+		limit, err = strconv.Atoi(q.Get("limit"))
+		if err == nil && (limit < 1 || limit > ledger.MaxListOrders) {
+			err = errors.New("out of range")
+		}
+	}
+	if err != nil {
+		cs.problem(400, probInvalidRequest, "limit must be an integer from 1 to 100", respHeader{close: closeAfter})
+		return
+	}
+	if c := q.Get("cursor"); c != "" {
+		var ok bool
+		if cursor, ok = parseOrderID([]byte(c)); !ok {
+			cs.problem(400, probInvalidRequest, "cursor must be the next_cursor of the previous page", respHeader{close: closeAfter})
+			return
+		}
+	}
+	owner := string(user)
+	s.ledgerCall(cs, closeAfter, func(ctx context.Context, buf []byte) (int, []byte) {
+		recs, err := ledger.ListOrders(ctx, s.pool, owner, cursor, limit)
+		if err != nil {
+			slog.Warn("edge: listing orders failed", "err", err)
+			return 503, appendProblem(buf, 503, probUnavailable, "the ledger cannot be read now")
+		}
+		buf = append(buf, `{"orders":[`...)
+		for i := range recs {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			buf = appendOrder(buf, &recs[i])
+		}
+		buf = append(buf, ']')
+		if len(recs) == limit {
+			buf = append(buf, `,"next_cursor":"`...)
+			buf = strconv.AppendInt(buf, recs[len(recs)-1].ID, 10)
+			buf = append(buf, '"')
+		}
+		return 200, append(buf, '}')
 	})
 }

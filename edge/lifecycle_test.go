@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"strconv"
@@ -188,4 +189,63 @@ func TestPaymentWebhook(t *testing.T) {
 		t.Fatalf("cancel of a paid order: %d %s, want 409", code, body)
 	}
 	waitStatus(t, s, id, "payer", "paid")
+}
+
+// GET /v1/orders pages through the caller's orders, newest first, and only
+// theirs.
+func TestListOrders(t *testing.T) {
+	s := startLifecycle(t, "LIST-1", 100)
+	var ids []string
+	for i := 0; i < 7; i++ {
+		code, body := call(t, s, "POST", "/v1/orders", "lister", nil, `{"sku":"LIST-1","qty":1}`)
+		if code != 202 {
+			t.Fatalf("order %d: %d %s", i, code, body)
+		}
+		ids = append(ids, orderIDOf(t, body))
+	}
+	if code, body := call(t, s, "POST", "/v1/orders", "other", nil, `{"sku":"LIST-1","qty":1}`); code != 202 {
+		t.Fatalf("other's order: %d %s", code, body)
+	}
+	waitStatus(t, s, ids[6], "lister", "pending_payment")
+	waitStatus(t, s, ids[0], "lister", "pending_payment")
+
+	type page struct {
+		Orders []struct {
+			OrderID string `json:"order_id"`
+			UserID  string `json:"user_id"`
+		} `json:"orders"`
+		Next string `json:"next_cursor"`
+	}
+	var got []string
+	cursor := ""
+	for pages := 0; ; pages++ {
+		code, body := call(t, s, "GET", "/v1/orders?limit=3&cursor="+cursor, "lister", nil, "")
+		var p page
+		if code != 200 || json.Unmarshal([]byte(body), &p) != nil {
+			t.Fatalf("page %d: %d %s", pages, code, body)
+		}
+		for _, o := range p.Orders {
+			if o.UserID != "lister" {
+				t.Fatalf("another user's order listed: %s", body)
+			}
+			got = append(got, o.OrderID)
+		}
+		if p.Next == "" {
+			break
+		}
+		cursor = p.Next
+	}
+	if len(got) != 7 {
+		t.Fatalf("listed %v, want the 7 orders", got)
+	}
+	for i, id := range got {
+		if id != ids[6-i] {
+			t.Fatalf("listed %v, want newest first %v", got, ids)
+		}
+	}
+	for _, q := range []string{"limit=0", "limit=101", "limit=x", "cursor=abc"} {
+		if code, body := call(t, s, "GET", "/v1/orders?"+q, "lister", nil, ""); code != 400 {
+			t.Errorf("GET /v1/orders?%s: %d %s, want 400", q, code, body)
+		}
+	}
 }

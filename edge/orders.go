@@ -33,11 +33,14 @@ func (s *Server) serve(cs *connState, r *request) {
 	path := r.path
 	switch {
 	case bytes.Equal(path, pathOrders):
-		if string(r.method) != "POST" {
-			cs.problem(405, probMethod, "use POST /v1/orders", respHeader{close: closeAfter})
-			return
+		switch string(r.method) {
+		case "POST":
+			s.postOrder(cs, r, closeAfter)
+		case "GET":
+			s.listOrders(cs, r, closeAfter)
+		default:
+			cs.problem(405, probMethod, "use POST /v1/orders to order, GET /v1/orders to list yours", respHeader{close: closeAfter})
 		}
-		s.postOrder(cs, r, closeAfter)
 	case bytes.HasPrefix(path, pathOrdersSlash):
 		rest, action, _ := bytes.Cut(path[len(pathOrdersSlash):], []byte("/"))
 		id, ok := parseOrderID(rest)

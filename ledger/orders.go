@@ -247,6 +247,38 @@ func GetOrder(ctx context.Context, q Querier, id int64) (Record, error) {
 	return r, nil
 }
 
+// MaxListOrders bounds one page of ListOrders.
+const MaxListOrders = 100
+
+// ListOrders returns up to limit of user's orders, newest first, placed
+// before the order before (0: from the newest). The next page starts before
+// the last order returned. The user's index (user_id, created_at) serves it.
+func ListOrders(ctx context.Context, q Querier, userID string, before int64, limit int) ([]Record, error) {
+	if limit < 1 || limit > MaxListOrders {
+		return nil, fmt.Errorf("list limit %d outside [1, %d]", limit, MaxListOrders)
+	}
+	until, beforeID := time.Unix(1<<40, 0), int64(1<<63-1)
+	if before > 0 {
+		until, beforeID = orderid.Time(before), before
+	}
+	rows, err := q.Query(ctx, `SELECT `+recordColumns+` FROM orders
+		WHERE user_id = $1 AND (created_at, order_id) < ($2, $3)
+		ORDER BY created_at DESC, order_id DESC LIMIT $4`, userID, until, beforeID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("listing the orders of %q: %w", userID, err)
+	}
+	defer rows.Close()
+	var out []Record
+	for rows.Next() {
+		r, err := scanRecord(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
 // Querier is what read queries need: a pool, a connection or a transaction.
 type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row

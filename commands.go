@@ -61,9 +61,16 @@ func runEdge(ctx context.Context) error {
 		return err
 	}
 	defer pool.Close()
+	var reads *pgxpool.Pool
+	if *readURL != "" {
+		if reads, err = ledger.Open(ctx, *readURL, 32); err != nil {
+			return fmt.Errorf("--database-read-url: %w", err)
+		}
+		defer reads.Close()
+	}
 	cfg := edgeConfigFromFlags()
 	cfg.Brokers, cfg.KafkaOpts = brokers, opts
-	e, err := startEdge(ctx, cfg, pool, adm, ingest.FlagConfig().Group, *adminAddr)
+	e, err := startEdge(ctx, cfg, pool, reads, adm, ingest.FlagConfig().Group, *adminAddr)
 	if err != nil {
 		return err
 	}

@@ -205,7 +205,7 @@ func runDev(ctx context.Context, o devOptions, ready func(devEnv)) (err error) {
 		}
 		o.Edge.Payments, hookSecret, hookProvider = []payment.Provider{p}, secret, p.Name()
 	}
-	e, err := startEdge(ctx, o.Edge, pool, adm, o.Ingest.Group, o.AdminAddr)
+	e, err := startEdge(ctx, o.Edge, pool, nil, adm, o.Ingest.Group, o.AdminAddr)
 	if err != nil {
 		return err
 	}
@@ -270,11 +270,14 @@ type runningEdge struct {
 
 // startEdge waits until ingest has every accepted order in the ledger, rebuilds
 // the sale table from it, then serves the edge and the admin plane.
-func startEdge(ctx context.Context, cfg edge.Config, pool *pgxpool.Pool, adm *kgo.Client, group, adminAddr string) (*runningEdge, error) {
+func startEdge(ctx context.Context, cfg edge.Config, pool, reads *pgxpool.Pool, adm *kgo.Client, group, adminAddr string) (*runningEdge, error) {
 	cfg.IngestGroup = group // reconciliation waits for it
 	srv, err := edge.New(cfg, pool)
 	if err != nil {
 		return nil, err
+	}
+	if reads != nil {
+		srv.SetReadPool(reads)
 	}
 	err = ingest.WaitCaughtUp(ctx, adm, group, 2*time.Minute)
 	if err == nil {

@@ -23,6 +23,7 @@ var (
 	kafkaAddr    = flag.String("kafka-addr", "127.0.0.1:9092", "listen address of the embedded Kafka broker (dev only; ignored with --kafka-brokers)")
 	kafkaBrokers = flag.String("kafka-brokers", "", "comma list of Kafka brokers; empty in dev = the embedded broker")
 	databaseURL  = flag.String("database-url", "", "PostgreSQL URL; empty in dev = a private cluster under --data-dir")
+	readURL      = flag.String("database-read-url", "", "edge: a PostgreSQL read replica for order queries (GET /v1/orders, /v1/orders/{id}); empty: --database-url")
 	dataDir      = flag.String("data-dir", "./var", "where dev keeps its PostgreSQL cluster (pg/), broker log (kafka/) and dev.env")
 	authMode     = flag.String("auth", "dev", "identity: dev (trust X-User-ID) or jwt (verified bearer token, user from sub; see -auth.*)")
 	demo         = flag.Bool("demo", false, "dev: load a demo sale (a few SKUs with stock) unless they exist already")

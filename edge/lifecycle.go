@@ -123,7 +123,7 @@ func (s *Server) listOrders(cs *connState, r *request, closeAfter bool) {
 	}
 	owner := string(user)
 	s.ledgerCall(cs, closeAfter, func(ctx context.Context, buf []byte) (int, []byte) {
-		recs, err := ledger.ListOrders(ctx, s.pool, owner, cursor, limit)
+		recs, err := ledger.ListOrders(ctx, s.reads, owner, cursor, limit)
 		if err != nil {
 			slog.Warn("edge: listing orders failed", "err", err)
 			return 503, appendProblem(buf, 503, probUnavailable, "the ledger cannot be read now")

@@ -306,7 +306,7 @@ func (s *Server) getOrder(cs *connState, r *request, id int64, closeAfter bool) 
 	}
 	owner := string(user)
 	s.ledgerCall(cs, closeAfter, func(ctx context.Context, buf []byte) (int, []byte) {
-		rec, err := ledger.GetOrder(ctx, s.pool, id)
+		rec, err := ledger.GetOrder(ctx, s.reads, id)
 		switch {
 		case err == nil && owner == rec.UserID:
 			return 200, appendOrder(buf, &rec)

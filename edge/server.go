@@ -26,6 +26,9 @@ type Server struct {
 	cfg   Config
 	lim   parseLimits
 	pool  *pgxpool.Pool
+	// reads serves GET /v1/orders and /v1/orders/{id}: a read replica when
+	// one is configured (SetReadPool), else pool.
+	reads *pgxpool.Pool
 	prod  *kgo.Client
 	items *saleTable
 	// purchases counts units per (user, SKU) for per-user limits.
@@ -73,6 +76,7 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 		cfg:       cfg,
 		lim:       cfg.parseLimits(),
 		pool:      pool,
+		reads:     pool,
 		items:     newSaleTable(cfg.MaxSKUs, cfg.loops()),
 		purchases: newPurchaseTable(cfg.PurchaseSlots),
 		idem:      newIdemStore(cfg.IdempotencyBytes),
@@ -142,6 +146,12 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 	s.prod = prod
 	return s, nil
 }
+
+// SetReadPool serves the order queries (GET /v1/orders, /v1/orders/{id})
+// from p, a read replica: it may lag the primary by its replication delay
+// (an order just paid may read as pending_payment for that long). Call it
+// before Start.
+func (s *Server) SetReadPool(p *pgxpool.Pool) { s.reads = p }
 
 // LoadSaleItems rebuilds the sale table from the ledger: each item's stock,
 // less the units of the orders the ledger holds. Orders still in Kafka are not

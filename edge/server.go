@@ -23,9 +23,9 @@ import (
 // Server is the edge: HTTP on gnet event loops, admission, Kafka hand-off.
 type Server struct {
 	gnet.BuiltinEventEngine
-	cfg   Config
-	lim   parseLimits
-	pool  *pgxpool.Pool
+	cfg  Config
+	lim  parseLimits
+	pool *pgxpool.Pool
 	// reads serves GET /v1/orders and /v1/orders/{id}: a read replica when
 	// one is configured (SetReadPool), else pool.
 	reads *pgxpool.Pool

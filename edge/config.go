@@ -80,6 +80,8 @@ type Config struct {
 
 	// MaxReadsInFlight bounds concurrent ledger reads (GET /v1/orders/{id}).
 	MaxReadsInFlight int
+	// MaxEventStreams bounds open GET /v1/orders/{id}/events streams.
+	MaxEventStreams int
 	// RecentOrders sizes the table answering "accepted" for orders not yet in
 	// the ledger (144 bytes an entry): keep it above the orders accepted
 	// during the longest ingest lag you plan for.
@@ -132,6 +134,7 @@ func DefaultConfig() Config {
 		MaxUnknownOrders:    100_000,
 		IngestGroup:         "flashgate-ingest",
 		MaxReadsInFlight:    256,
+		MaxEventStreams:     10_000,
 		RecentOrders:        1 << 18,  // 36 MiB: 2.6 s of orders at 100K/s
 		IdempotencyBytes:    64 << 20, // ~400K keys of ~150 bytes
 		// Generous defaults: protection against floods, not traffic shaping.
@@ -167,6 +170,7 @@ func init() {
 	flag.DurationVar(&flagConfig.BreakerCooldown, "edge.breakerCooldown", flagConfig.BreakerCooldown, "time the circuit breaker stays open before one order probes Kafka")
 	flag.DurationVar(&flagConfig.ReconcileAfter, "edge.reconcileAfter", flagConfig.ReconcileAfter, "an order of unknown produce outcome is looked up in the ledger this long after its failure (keep it above the brokers' request timeout)")
 	flag.IntVar(&flagConfig.MaxUnknownOrders, "edge.maxUnknownOrders", flagConfig.MaxUnknownOrders, "orders of unknown produce outcome awaiting reconciliation; past it they keep their stock until the edge restarts")
+	flag.IntVar(&flagConfig.MaxEventStreams, "edge.maxEventStreams", flagConfig.MaxEventStreams, "open order event streams (GET /v1/orders/{id}/events); past it 503")
 	flag.IntVar(&flagConfig.MaxReadsInFlight, "edge.maxReadsInFlight", flagConfig.MaxReadsInFlight, "concurrent ledger reads for GET /v1/orders/{id}; past it 503")
 	flag.IntVar(&flagConfig.IdempotencyBytes, "edge.idempotencyBytes", flagConfig.IdempotencyBytes, "memory of the Idempotency-Key cache; a retry after its key was evicted is a new order (the ledger's backstop catches it)")
 	flag.BoolVar(&flagConfig.UnsafeNoKafka, "edge.unsafeNoKafka", false, "BENCHMARKS ONLY: answer 202 after admission without producing to Kafka; accepted orders are lost")
@@ -316,6 +320,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("edge: -edge.purchaseSlots must be at least %d", maxProbeSlots)
 	case c.RecentOrders < 1:
 		return fmt.Errorf("edge: -edge.recentOrders must be positive")
+	case c.MaxEventStreams < 0:
+		return fmt.Errorf("edge: -edge.maxEventStreams must not be negative")
 	case c.MaxSKUs < 1 || c.MaxBufferedRecords < 1 || c.MaxReadsInFlight < 1 || c.MaxBufferedBytes < 1 || c.MaxUnknownOrders < 1:
 		return fmt.Errorf("edge: -edge.maxSKUs, -edge.maxBufferedRecords, -edge.maxBufferedBytes, -edge.maxReadsInFlight and -edge.maxUnknownOrders must be positive")
 	case c.ProduceBatchBytes < 1024 || c.ProduceBatchBytes > 1<<30:

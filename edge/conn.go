@@ -43,6 +43,7 @@ type slot struct {
 	bodyOff  int  // where the 202 body starts in resp (stored for idempotent replays)
 	userLen  int  // key holds the user id
 	promise  func(*kgo.Record, error)
+	stream   *sseStream // an event stream holding this slot (GET /v1/orders/{id}/events)
 }
 
 // connState is a connection's state; only its event loop touches it, except
@@ -123,6 +124,14 @@ func (cs *connState) flushReady() {
 		s := &cs.slots[cs.head]
 		if s.state.Load() != slotReady {
 			return
+		}
+		if s.stream != nil { // an event stream stays at the head until it ends
+			var done bool
+			if cs.out, done = s.stream.flush(cs.out); !done {
+				return
+			}
+			cs.srv.events.remove(s.stream)
+			s.stream, s.close, s.resp = nil, true, s.resp[:0]
 		}
 		cs.out = append(cs.out, s.resp...)
 		closeAfter := s.close

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"io"
@@ -247,5 +248,61 @@ func TestListOrders(t *testing.T) {
 		if code, body := call(t, s, "GET", "/v1/orders?"+q, "lister", nil, ""); code != 400 {
 			t.Errorf("GET /v1/orders?%s: %d %s, want 400", q, code, body)
 		}
+	}
+}
+
+// GET /v1/orders/{id}/events streams the order's changes as Server-Sent
+// Events: only to its owner, live as they happen, ended by a drain.
+func TestOrderEventStream(t *testing.T) {
+	s := startLifecycle(t, "SSE-1", 10)
+	code, body := call(t, s, "POST", "/v1/orders", "watcher", nil, `{"sku":"SSE-1","qty":1}`)
+	if code != 202 {
+		t.Fatalf("order: %d %s", code, body)
+	}
+	id := orderIDOf(t, body)
+	waitStatus(t, s, id, "watcher", "pending_payment")
+	if code, body := call(t, s, "GET", "/v1/orders/"+id+"/events", "peeker", nil, ""); code != 404 {
+		t.Fatalf("another user's stream: %d %s, want 404", code, body)
+	}
+
+	req, _ := http.NewRequest("GET", "http://"+s.cfg.Addr+"/v1/orders/"+id+"/events", nil)
+	req.Header.Set("X-User-ID", "watcher")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("stream: %d %v", resp.StatusCode, resp.Header)
+	}
+	lines := make(chan string, 100)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+
+	paid := `{"id":"evt_sse","type":"payment.succeeded","order_id":"` + id + `","amount_cents":500}`
+	if code, body := call(t, s, "POST", "/v1/payments/testpay/webhook", "", map[string]string{"Flashgate-Signature": payment.Sign(webhookSecret, []byte(paid), time.Now())}, paid); code != 200 {
+		t.Fatalf("payment: %d %s", code, body)
+	}
+	deadline := time.After(20 * time.Second)
+	for got := false; !got; {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("the stream ended before the payment's event")
+			}
+			got = strings.HasPrefix(l, "data: ") && strings.Contains(l, `"status":"paid"`) && strings.Contains(l, id)
+		case <-deadline:
+			t.Fatal("no event for the payment within 20 s")
+		}
+	}
+	if err := s.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for range lines { // the drain ends the stream: the body reaches EOF
 	}
 }

@@ -45,8 +45,12 @@ func (s *Server) serve(cs *connState, r *request) {
 		rest, action, _ := bytes.Cut(path[len(pathOrdersSlash):], []byte("/"))
 		id, ok := parseOrderID(rest)
 		switch {
-		case !ok || (len(action) > 0 && string(action) != "cancel"):
+		case !ok || (len(action) > 0 && string(action) != "cancel" && string(action) != "events"):
 			cs.problem(404, probNotFound, "no such order", respHeader{close: closeAfter})
+		case string(action) == "events" && string(r.method) != "GET":
+			cs.problem(405, probMethod, "use GET /v1/orders/{id}/events", respHeader{close: closeAfter})
+		case string(action) == "events":
+			s.orderEvents(cs, r, id, closeAfter)
 		case len(action) > 0 && string(r.method) != "POST":
 			cs.problem(405, probMethod, "use POST /v1/orders/{id}/cancel", respHeader{close: closeAfter})
 		case len(action) > 0:

@@ -45,6 +45,8 @@ type Server struct {
 	unknown *unknownOrders
 	// payments are the webhook providers by name.
 	payments map[string]payment.Provider
+	// events routes order events to the open event streams.
+	events *eventHub
 
 	shardsMu sync.Mutex
 	shards   atomic.Pointer[[]*shard] // index = shard number
@@ -83,6 +85,7 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 		recent:    newRecentOrders(cfg.RecentOrders),
 		breaker:   newBreaker(&cfg),
 		unknown:   &unknownOrders{max: cfg.MaxUnknownOrders},
+		events:    newEventHub(cfg.MaxEventStreams),
 		booted:    make(chan struct{}),
 		runErr:    make(chan error, 1),
 		readSem:   make(chan struct{}, cfg.MaxReadsInFlight),
@@ -206,6 +209,9 @@ func (s *Server) Start() error {
 			}
 			go s.runHandoff(ctx)
 			go s.runReleases(ctx)
+			if s.pool != nil {
+				go s.runEventFeed(ctx)
+			}
 		}
 		return nil
 	case err := <-s.runErr:
@@ -224,6 +230,7 @@ func (s *Server) Stop(ctx context.Context) error {
 
 func (s *Server) stop(ctx context.Context) error {
 	s.draining.Store(true)
+	s.events.each(0, (*sseStream).end) // event streams end now: they would hold the drain
 	var err error
 	for s.produces.Load() > 0 || s.queued.Load() > 0 {
 		if ctx.Err() != nil {
@@ -323,6 +330,11 @@ func (s *Server) OnClose(c gnet.Conn, _ error) gnet.Action {
 		s.conns.Add(-1)
 		connsOpen.Dec()
 		cs.closed.Store(true)
+		for i := range cs.slots {
+			if st := cs.slots[i].stream; st != nil {
+				s.events.remove(st)
+			}
+		}
 		s.queued.Add(-int64(cs.n)) // their completions find the connection closed
 		cs.n = 0
 	}

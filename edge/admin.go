@@ -109,6 +109,8 @@ func (a *Admin) handle(ctx *fasthttp.RequestCtx) {
 		default:
 			adminProblem(ctx, 405, probMethod, "use GET or PUT")
 		}
+	case path == "/admin/v1/orders/cancel":
+		a.bulkCancel(ctx)
 	case path == "/admin/v1/status":
 		a.status(ctx)
 	case path == "/metrics":

@@ -41,6 +41,8 @@ func (s *Server) serve(cs *connState, r *request) {
 		default:
 			cs.problem(405, probMethod, "use POST /v1/orders to order, GET /v1/orders to list yours", respHeader{close: closeAfter})
 		}
+	case bytes.Equal(path, pathOrdersBatch): // before the order ids
+		s.postBatch(cs, r, closeAfter)
 	case bytes.HasPrefix(path, pathOrdersSlash):
 		rest, action, _ := bytes.Cut(path[len(pathOrdersSlash):], []byte("/"))
 		id, ok := parseOrderID(rest)

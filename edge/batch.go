@@ -121,17 +121,8 @@ type batchLine struct {
 	problem    string
 	detail     string
 	retryAfter int
-	orderID    int64
 
-	// The order produced.
-	rec      kgo.Record
-	item     *saleItem
-	purchase *purchaseSlot
-	idemK    []byte
-	idemHash uint64
-	sku      []byte
-	qty      int64
-	probe    bool
+	handoff // the order produced
 }
 
 func (ln *batchLine) refuse(status int, problem, detail string, retryAfter int) {
@@ -240,8 +231,8 @@ func (s *Server) admitLine(cs *connState, r *request, b *batch, ln *batchLine, l
 		ln.refuse(d.status, d.problem, d.detail, d.retryAfter)
 		return d.closeConn
 	}
-	ln.orderID, ln.item, ln.purchase, ln.qty, ln.probe = d.id, d.item, d.purchase, qty, d.probe
-	ln.idemHash = d.idemHash
+	ln.orderID, ln.shard, ln.item, ln.purchase, ln.qty, ln.probe = d.id, b.shard, d.item, d.purchase, qty, d.probe
+	ln.idemHash, ln.startNs, ln.user = d.idemHash, b.startNs, b.user
 	if len(d.idemK) > 0 {
 		ln.idemK = append([]byte(nil), d.idemK...) // d.idemK is the connection's scratch
 	}
@@ -249,7 +240,8 @@ func (s *Server) admitLine(cs *connState, r *request, b *batch, ln *batchLine, l
 	val := order.AppendRecord(nil, d.id, b.user, sku, int32(qty), d.item.priceCents.Load(), key, ipText)
 	ln.rec = kgo.Record{Key: b.user, Value: val}
 	if s.cfg.UnsafeNoKafka { // benchmarks of the path up to the hand-off
-		ln.accepted(time.Now().UnixNano())
+		s.accept(&ln.handoff, time.Now().UnixNano(), ln.acceptedBody(), nil)
+		ln.status = 202
 		return false
 	}
 	b.pending.Add(1)
@@ -258,65 +250,31 @@ func (s *Server) admitLine(cs *connState, r *request, b *batch, ln *batchLine, l
 	return false
 }
 
-// onProduced is a line's produce promise: what slot.onProduced does for a
-// single order. It runs on a franz-go goroutine, or inline on the event loop
-// when the producer's buffer is full.
+// onProduced is a line's produce promise (what slot.onProduced is for a
+// single order). It runs on a franz-go goroutine, or inline on the event
+// loop when the producer's buffer is full.
 func (ln *batchLine) onProduced(_ *kgo.Record, err error) {
 	b := ln.b
-	s := b.s
 	defer b.lineDone(false)
-	defer s.produces.Add(-1)
-	nowNs := time.Now().UnixNano()
-	if err == nil {
-		s.breaker.done(nowNs, true, ln.probe)
-		ln.accepted(nowNs)
-		return
-	}
-	if !errors.Is(err, kgo.ErrMaxBuffered) { // a full buffer is the edge's doing, not Kafka's
-		s.breaker.done(nowNs, false, ln.probe)
-	} else {
-		s.breaker.cancelProbe(ln.probe)
-	}
-	if definiteFailure(err) {
-		// The record was never written: give the stock and the purchase back.
-		s.compensate(b.shard, ln.item, ln.purchase, ln.idemK, ln.qty)
-		produceFailedTotal.Inc()
+	defer b.s.produces.Add(-1)
+	switch accepted, definite := b.s.settle(&ln.handoff, err, ln.acceptedBody(), nil); {
+	case accepted:
+		ln.status = 202
+	case definite:
 		ln.refuse(503, probUnavailable, "the order could not be handed to Kafka; retry this line with the same idempotency_key", 1)
-		return
+	default:
+		ln.refuse(503, probUnavailable, "the order's hand-off to Kafka has no answer; it is reconciled later: retry this line with the same idempotency_key to learn its outcome", 1)
 	}
-	if len(ln.idemK) > 0 {
-		s.idem.unresolved(ln.idemK, ln.idemHash, ln.orderID, nil)
-	}
-	// It may still land: keep the stock taken; reconciliation against the
-	// ledger resolves the order later.
-	produceUnknownTotal.Inc()
-	slog.Warn("edge: order outcome unknown; stock kept taken until reconciled", "order_id", ln.orderID, "batch", true, "err", err)
-	o := unknownOrder{
-		id: ln.orderID, atNs: nowNs, shard: b.shard, item: ln.item, purchase: ln.purchase, qty: ln.qty,
-		user: string(b.user), sku: string(ln.sku), idemK: ln.idemK, idemHash: ln.idemHash,
-	}
-	if !s.unknown.add(o) {
-		unknownUntrackedTotal.Inc()
-		slog.Error("edge: too many orders awaiting reconciliation; this one keeps its stock taken until the edge restarts; see -edge.maxUnknownOrders", "order_id", o.id)
-	}
-	ln.refuse(503, probUnavailable, "the order's hand-off to Kafka has no answer; it is reconciled later: retry this line with the same idempotency_key to learn its outcome", 1)
 }
 
-// accepted records a line's order the broker acknowledged (slot.accepted
-// for a single order).
-func (ln *batchLine) accepted(nowNs int64) {
-	b := ln.b
-	s := b.s
-	orderDuration.Update(float64(nowNs-b.startNs) / 1e9)
-	ln.item.accepted.Add(1)
-	ordersAcceptedTotal.Inc()
-	s.recent.put(ln.orderID, b.user, ln.sku, ln.qty)
-	if len(ln.idemK) > 0 {
-		// The single order's 202 body: a retry through POST /v1/orders with
-		// the same key replays it.
-		s.idem.finish(ln.idemK, ln.idemHash, ln.orderID, appendAccepted(nil, ln.orderID, ln.sku, ln.qty, b.user), nil)
+// acceptedBody is the single order's 202 body, kept under the line's key
+// (when it has one): a retry through POST /v1/orders with the same key
+// replays it.
+func (ln *batchLine) acceptedBody() []byte {
+	if len(ln.idemK) == 0 {
+		return nil
 	}
-	ln.status = 202
+	return appendAccepted(nil, ln.orderID, ln.sku, ln.qty, ln.user)
 }
 
 // lineDone counts a line answered (or, onLoop, the end of the dispatch);

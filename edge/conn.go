@@ -29,19 +29,9 @@ type slot struct {
 	close bool   // close the connection after this response
 
 	// The order in flight (reused across requests: no allocation per order).
-	rec      kgo.Record
-	key, val []byte
-	sku      []byte
-	orderID  int64
-	startNs  int64 // when the order was parsed
-	item     *saleItem
-	purchase *purchaseSlot // the buyer's counter, for SKUs with a per-user limit
-	idemK    []byte        // the idempotency cache key; empty without Idempotency-Key
-	idemHash uint64
-	qty      int64
-	probe    bool // the breaker's half-open probe
-	bodyOff  int  // where the 202 body starts in resp (stored for idempotent replays)
-	userLen  int  // key holds the user id
+	handoff
+	key, val []byte // the record's key (the user id) and value
+	bodyOff  int    // where the 202 body starts in resp (stored for idempotent replays)
 	promise  func(*kgo.Record, error)
 	stream   *sseStream // an event stream holding this slot (GET /v1/orders/{id}/events)
 }

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/flashgate/flashgate/ledger"
 	"github.com/flashgate/flashgate/lib/broker"
@@ -197,16 +199,72 @@ func (u *unknownOrders) len() int {
 	return len(u.pending)
 }
 
-// unknown records an order whose outcome is unknown, for reconciliation.
-func (sl *slot) unknown(nowNs int64) {
-	s := sl.cs.srv
+// handoff is an order handed to Kafka: what its produce outcome acts on. A
+// single order's slot and a batch line embed one.
+type handoff struct {
+	rec      kgo.Record
+	orderID  int64
+	startNs  int64 // when the order was parsed
+	shard    int
+	item     *saleItem
+	purchase *purchaseSlot // the buyer's counter, for SKUs with a per-user limit
+	qty      int64
+	probe    bool   // the breaker's half-open probe
+	idemK    []byte // the idempotency cache key; empty without Idempotency-Key
+	idemHash uint64
+	user     []byte
+	sku      []byte
+}
+
+// settle applies a produce outcome (err from the promise) to h and reports
+// whether the order was accepted and, if not, whether it definitely failed.
+// Accepted: the acceptance is recorded, body (the 202 body) kept for
+// idempotent replays. Definitely failed: stock, purchase count and key are
+// given back. Otherwise the outcome is unknown: the stock stays taken, the
+// key answers 409 until reconciliation decides. scratch is a buffer the
+// idempotency store may use.
+func (s *Server) settle(h *handoff, err error, body, scratch []byte) (accepted, definite bool) {
+	nowNs := time.Now().UnixNano()
+	if err == nil {
+		s.breaker.done(nowNs, true, h.probe)
+		s.accept(h, nowNs, body, scratch)
+		return true, false
+	}
+	if !errors.Is(err, kgo.ErrMaxBuffered) { // a full buffer is the edge's doing, not Kafka's
+		s.breaker.done(nowNs, false, h.probe)
+	} else {
+		s.breaker.cancelProbe(h.probe)
+	}
+	if definiteFailure(err) {
+		s.compensate(h.shard, h.item, h.purchase, h.idemK, h.qty)
+		produceFailedTotal.Inc()
+		return false, true
+	}
+	if len(h.idemK) > 0 {
+		s.idem.unresolved(h.idemK, h.idemHash, h.orderID, scratch)
+	}
+	produceUnknownTotal.Inc()
+	slog.Warn("edge: order outcome unknown; stock kept taken until reconciled", "order_id", h.orderID, "err", err)
 	o := unknownOrder{
-		id: sl.orderID, atNs: nowNs, shard: sl.cs.shard.idx, item: sl.item, purchase: sl.purchase, qty: sl.qty,
-		user: string(sl.key[:sl.userLen]), sku: string(sl.sku), idemK: append([]byte(nil), sl.idemK...), idemHash: sl.idemHash,
+		id: h.orderID, atNs: nowNs, shard: h.shard, item: h.item, purchase: h.purchase, qty: h.qty,
+		user: string(h.user), sku: string(h.sku), idemK: append([]byte(nil), h.idemK...), idemHash: h.idemHash,
 	}
 	if !s.unknown.add(o) {
 		unknownUntrackedTotal.Inc()
 		slog.Error("edge: too many orders awaiting reconciliation; this one keeps its stock taken until the edge restarts; see -edge.maxUnknownOrders", "order_id", o.id)
+	}
+	return false, false
+}
+
+// accept records an order the broker acknowledged (or, with
+// -edge.unsafeNoKafka, admitted).
+func (s *Server) accept(h *handoff, nowNs int64, body, scratch []byte) {
+	orderDuration.Update(float64(nowNs-h.startNs) / 1e9)
+	h.item.accepted.Add(1)
+	ordersAcceptedTotal.Inc()
+	s.recent.put(h.orderID, h.user, h.sku, h.qty)
+	if len(h.idemK) > 0 {
+		s.idem.finish(h.idemK, h.idemHash, h.orderID, body, scratch)
 	}
 }
 

@@ -204,15 +204,16 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 
 	sl := cs.push()
 	sl.state.Store(slotPending)
-	sl.orderID, sl.item, sl.purchase, sl.qty, sl.close, sl.startNs, sl.probe = id, it, d.purchase, qty, closeAfter, nowNs, d.probe
+	sl.close = closeAfter
+	sl.orderID, sl.shard, sl.item, sl.purchase, sl.qty, sl.startNs, sl.probe = id, cs.shard.idx, it, d.purchase, qty, nowNs, d.probe
 	sl.idemK, sl.idemHash = append(sl.idemK[:0], d.idemK...), d.idemHash
 	if closeAfter {
 		cs.closing = true
 	}
 	cs.scratch = ip.AppendTo(cs.scratch[:0])
 	sl.key = append(sl.key[:0], user...)
+	sl.user = sl.key
 	sl.sku = append(sl.sku[:0], sku...)
-	sl.userLen = len(user)
 	sl.val = order.AppendRecord(sl.val[:0], id, user, sku, int32(qty), it.priceCents.Load(), r.idemKey, cs.scratch)
 
 	// The 202 is built now, while the request bytes are valid; it leaves
@@ -224,7 +225,8 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 
 	sl.rec = kgo.Record{Key: sl.key, Value: sl.val}
 	if s.cfg.UnsafeNoKafka { // benchmarks of the path up to the hand-off
-		sl.accepted()
+		s.accept(&sl.handoff, nowNs, sl.resp[sl.bodyOff:], sl.val[:0])
+		responsesTotal[202].Inc()
 		sl.state.Store(slotReady) // on the loop: flushed at the end of this OnTraffic
 		return
 	}
@@ -244,48 +246,14 @@ func appendAccepted(dst []byte, id int64, sku []byte, qty int64, user []byte) []
 	return append(dst, '}')
 }
 
-// accepted records an order the broker acknowledged.
-func (sl *slot) accepted() {
-	s := sl.cs.srv
-	orderDuration.Update(float64(time.Now().UnixNano()-sl.startNs) / 1e9)
-	sl.item.accepted.Add(1)
-	ordersAcceptedTotal.Inc()
-	responsesTotal[202].Inc()
-	s.recent.put(sl.orderID, sl.key[:sl.userLen], sl.sku, sl.qty)
-	if len(sl.idemK) > 0 {
-		s.idem.finish(sl.idemK, sl.idemHash, sl.orderID, sl.resp[sl.bodyOff:], sl.val[:0])
-	}
-}
-
 // onProduced is the produce promise. It runs on a franz-go goroutine.
 func (sl *slot) onProduced(_ *kgo.Record, err error) {
 	s := sl.cs.srv
 	defer s.produces.Add(-1)
-	nowNs := time.Now().UnixNano()
-	if err == nil {
-		s.breaker.done(nowNs, true, sl.probe)
-		sl.accepted()
+	if ok, _ := s.settle(&sl.handoff, err, sl.resp[sl.bodyOff:], sl.val[:0]); ok {
+		responsesTotal[202].Inc()
 		sl.complete()
 		return
-	}
-	if !errors.Is(err, kgo.ErrMaxBuffered) { // a full buffer is the edge's doing, not Kafka's
-		s.breaker.done(nowNs, false, sl.probe)
-	} else {
-		s.breaker.cancelProbe(sl.probe)
-	}
-	if definiteFailure(err) {
-		// The record was never written: give the stock and the purchase back.
-		s.compensate(sl.cs.shard.idx, sl.item, sl.purchase, sl.idemK, sl.qty)
-		produceFailedTotal.Inc()
-	} else {
-		if len(sl.idemK) > 0 {
-			s.idem.unresolved(sl.idemK, sl.idemHash, sl.orderID, sl.val[:0])
-		}
-		// It may still land: keep the stock taken; reconciliation against the
-		// ledger resolves the order later.
-		produceUnknownTotal.Inc()
-		slog.Warn("edge: order outcome unknown; stock kept taken until reconciled", "order_id", sl.orderID, "err", err)
-		sl.unknown(nowNs)
 	}
 	responsesTotal[503].Inc()
 	h := respHeader{contentType: "application/problem+json", retryAfter: 1, close: sl.close}

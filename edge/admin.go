@@ -296,6 +296,7 @@ func (s *Server) writeMetrics(w io.Writer) {
 		open = 1
 	}
 	fmt.Fprintf(w, "flashgate_edge_breaker_open %d\nflashgate_edge_unknown_orders_capacity %d\n", open, s.cfg.MaxUnknownOrders)
+	fmt.Fprintf(w, "flashgate_edge_batches_in_flight %d\nflashgate_edge_batches_in_flight_capacity %d\n", s.batchesInFlight.Load(), s.cfg.MaxBatchesInFlight)
 	skus := make([]string, 0, len(items))
 	for sku := range items {
 		skus = append(skus, sku)

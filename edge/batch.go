@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -43,59 +42,13 @@ import (
 // generator), a few microseconds a line; nothing waits there. A batch
 // allocates its own records (it is not the single-order hot path), bounded
 // by -edge.maxBatchOrders lines and -edge.maxBatchesInFlight batches.
-var (
-	maxBatchOrders = newLimitFlag("edge.maxBatchOrders", 100, 1, 10_000,
-		"order lines per POST /v1/orders/batch; more gets 413 (the body is bounded by -edge.maxBodyBytes too: raise both together, ~200 bytes a line)")
-	maxBatchesInFlight = newLimitFlag("edge.maxBatchesInFlight", 256, 1, 1<<20,
-		"batches (POST /v1/orders/batch) being answered at once by this process; past it a batch gets 503 at once (each holds up to -edge.maxBatchOrders records, ~1 KiB a line)")
-)
-
 var pathOrdersBatch = []byte("/v1/orders/batch")
-
-// batchesInFlight counts the batches admitted and not answered yet, in this
-// process (one edge per process outside tests).
-var batchesInFlight atomic.Int64
 
 var (
 	batchesTotal         = metrics.NewCounter(`flashgate_edge_batches_total`)
 	batchesRejectedTotal = metrics.NewCounter(`flashgate_edge_batches_rejected_total`)
 	batchLinesTotal      = metrics.NewCounter(`flashgate_edge_batch_lines_total`)
-	_                    = metrics.NewGauge(`flashgate_edge_batches_in_flight`, func() float64 { return float64(batchesInFlight.Load()) })
-	_                    = metrics.NewGauge(`flashgate_edge_batches_in_flight_capacity`, func() float64 { return float64(maxBatchesInFlight.get()) })
 )
-
-// limitFlag is an integer flag read by the event loops while tests may set
-// it: atomic.
-type limitFlag struct {
-	v      atomic.Int64
-	lo, hi int64
-}
-
-func newLimitFlag(name string, def, lo, hi int64, usage string) *limitFlag {
-	f := &limitFlag{lo: lo, hi: hi}
-	f.v.Store(def)
-	flag.Var(f, name, fmt.Sprintf("%s (%d-%d)", usage, lo, hi))
-	return f
-}
-
-func (f *limitFlag) String() string { return strconv.FormatInt(f.v.Load(), 10) }
-
-func (f *limitFlag) Set(s string) error {
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < f.lo || n > f.hi {
-		return fmt.Errorf("want an integer from %d to %d", f.lo, f.hi)
-	}
-	f.v.Store(n)
-	return nil
-}
-
-func (f *limitFlag) get() int { return int(f.v.Load()) }
-
-// set changes the limit and returns a function that restores it (tests).
-func (f *limitFlag) set(n int) (restore func()) {
-	old := f.v.Swap(int64(n))
-	return func() { f.v.Store(old) }
-}
 
 // batch is one POST /v1/orders/batch on its way to its response.
 type batch struct {
@@ -156,7 +109,7 @@ func (s *Server) postBatch(cs *connState, r *request, closeAfter bool) {
 	if len(body) > 0 {
 		n = bytes.Count(body, []byte("\n")) + 1
 	}
-	switch limit := maxBatchOrders.get(); {
+	switch limit := s.cfg.MaxBatchOrders; {
 	case n == 0:
 		batchesRejectedTotal.Inc()
 		cs.problem(400, probInvalidRequest, "the body holds no order: send one JSON object {\"sku\": \"...\", \"qty\": N} per line", respHeader{close: closeAfter})
@@ -166,8 +119,8 @@ func (s *Server) postBatch(cs *connState, r *request, closeAfter bool) {
 		cs.problem(413, probInvalidRequest, fmt.Sprintf("the batch has %d lines, at most %d are taken; split it, or see -edge.maxBatchOrders", n, limit), respHeader{close: closeAfter})
 		return
 	}
-	if batchesInFlight.Add(1) > int64(maxBatchesInFlight.get()) {
-		batchesInFlight.Add(-1)
+	if s.batchesInFlight.Add(1) > int64(s.cfg.MaxBatchesInFlight) {
+		s.batchesInFlight.Add(-1)
 		batchesRejectedTotal.Inc()
 		cs.problem(503, probUnavailable, "too many batches are being answered; retry after Retry-After seconds (see -edge.maxBatchesInFlight)", respHeader{close: closeAfter, retryAfter: 1})
 		return
@@ -290,7 +243,7 @@ func (b *batch) lineDone(onLoop bool) {
 	}
 	responsesTotal[200].Inc()
 	sl.resp = appendResponse(sl.resp[:0], 200, &respHeader{contentType: "application/x-ndjson", close: sl.close}, body)
-	batchesInFlight.Add(-1)
+	b.s.batchesInFlight.Add(-1)
 	if onLoop {
 		sl.state.Store(slotReady) // flushed at the end of this OnTraffic
 		return

@@ -306,8 +306,7 @@ func TestBatchUnknownOutcome(t *testing.T) {
 // Whole-request refusals: no line is applied.
 func TestBatchRefusals(t *testing.T) {
 	kf := testenv.Broker(t, 1)
-	s := startTestEdge(t, kf, "BR-1", 10, func(c *Config) { c.MaxBodyBytes = 1024 })
-	defer maxBatchOrders.set(3)()
+	s := startTestEdge(t, kf, "BR-1", 10, func(c *Config) { c.MaxBodyBytes, c.MaxBatchOrders, c.MaxBatchesInFlight = 1024, 3, 1 })
 	line := `{"sku":"BR-1","qty":1}`
 	for _, c := range []struct {
 		name, method, user string
@@ -341,9 +340,9 @@ func TestBatchRefusals(t *testing.T) {
 			t.Errorf("%s: %d %s, want %d saying %q", c.name, resp.StatusCode, b, c.want, c.says)
 		}
 	}
-	restore := maxBatchesInFlight.set(0)
+	s.batchesInFlight.Store(1) // as if the one batch allowed were being answered
 	code, h, _, body := postBatch(t, s.cfg.Addr, "u", nil, line)
-	restore()
+	s.batchesInFlight.Store(0)
 	if code != 503 || h.Get("Retry-After") == "" || !strings.Contains(body, "-edge.maxBatchesInFlight") {
 		t.Errorf("past the batches in flight: %d %v %s", code, h, body)
 	}
@@ -355,8 +354,8 @@ func TestBatchRefusals(t *testing.T) {
 	} else {
 		wantResults(t, res, body, "202", "202", "202")
 	}
-	if batchesInFlight.Load() != 0 {
-		t.Fatalf("%d batches still counted in flight", batchesInFlight.Load())
+	if s.batchesInFlight.Load() != 0 {
+		t.Fatalf("%d batches still counted in flight", s.batchesInFlight.Load())
 	}
 }
 

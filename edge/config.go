@@ -82,6 +82,10 @@ type Config struct {
 	MaxReadsInFlight int
 	// MaxEventStreams bounds open GET /v1/orders/{id}/events streams.
 	MaxEventStreams int
+	// MaxBatchOrders bounds the lines of a POST /v1/orders/batch, and
+	// MaxBatchesInFlight the batches being answered at once.
+	MaxBatchOrders     int
+	MaxBatchesInFlight int
 	// RecentOrders sizes the table answering "accepted" for orders not yet in
 	// the ledger (144 bytes an entry): keep it above the orders accepted
 	// during the longest ingest lag you plan for.
@@ -135,6 +139,8 @@ func DefaultConfig() Config {
 		IngestGroup:         "flashgate-ingest",
 		MaxReadsInFlight:    256,
 		MaxEventStreams:     10_000,
+		MaxBatchOrders:      100,
+		MaxBatchesInFlight:  256,
 		RecentOrders:        1 << 18,  // 36 MiB: 2.6 s of orders at 100K/s
 		IdempotencyBytes:    64 << 20, // ~400K keys of ~150 bytes
 		// Generous defaults: protection against floods, not traffic shaping.
@@ -170,6 +176,8 @@ func init() {
 	flag.DurationVar(&flagConfig.BreakerCooldown, "edge.breakerCooldown", flagConfig.BreakerCooldown, "time the circuit breaker stays open before one order probes Kafka")
 	flag.DurationVar(&flagConfig.ReconcileAfter, "edge.reconcileAfter", flagConfig.ReconcileAfter, "an order of unknown produce outcome is looked up in the ledger this long after its failure (keep it above the brokers' request timeout)")
 	flag.IntVar(&flagConfig.MaxUnknownOrders, "edge.maxUnknownOrders", flagConfig.MaxUnknownOrders, "orders of unknown produce outcome awaiting reconciliation; past it they keep their stock until the edge restarts")
+	flag.IntVar(&flagConfig.MaxBatchOrders, "edge.maxBatchOrders", flagConfig.MaxBatchOrders, "order lines per POST /v1/orders/batch (1-10000); more gets 413 (the body is bounded by -edge.maxBodyBytes too: raise both together, ~200 bytes a line)")
+	flag.IntVar(&flagConfig.MaxBatchesInFlight, "edge.maxBatchesInFlight", flagConfig.MaxBatchesInFlight, "batches (POST /v1/orders/batch) being answered at once; past it a batch gets 503 at once (each holds up to -edge.maxBatchOrders records, ~1 KiB a line)")
 	flag.IntVar(&flagConfig.MaxEventStreams, "edge.maxEventStreams", flagConfig.MaxEventStreams, "open order event streams (GET /v1/orders/{id}/events); past it 503")
 	flag.IntVar(&flagConfig.MaxReadsInFlight, "edge.maxReadsInFlight", flagConfig.MaxReadsInFlight, "concurrent ledger reads for GET /v1/orders/{id}; past it 503")
 	flag.IntVar(&flagConfig.IdempotencyBytes, "edge.idempotencyBytes", flagConfig.IdempotencyBytes, "memory of the Idempotency-Key cache; a retry after its key was evicted is a new order (the ledger's backstop catches it)")
@@ -320,6 +328,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("edge: -edge.purchaseSlots must be at least %d", maxProbeSlots)
 	case c.RecentOrders < 1:
 		return fmt.Errorf("edge: -edge.recentOrders must be positive")
+	case c.MaxBatchOrders < 1 || c.MaxBatchOrders > 10_000 || c.MaxBatchesInFlight < 1:
+		return fmt.Errorf("edge: -edge.maxBatchOrders must be in [1, 10000] and -edge.maxBatchesInFlight positive")
 	case c.MaxEventStreams < 0:
 		return fmt.Errorf("edge: -edge.maxEventStreams must not be negative")
 	case c.MaxSKUs < 1 || c.MaxBufferedRecords < 1 || c.MaxReadsInFlight < 1 || c.MaxBufferedBytes < 1 || c.MaxUnknownOrders < 1:

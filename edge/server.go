@@ -47,6 +47,8 @@ type Server struct {
 	payments map[string]payment.Provider
 	// events routes order events to the open event streams.
 	events *eventHub
+	// batchesInFlight counts the batches admitted and not answered yet.
+	batchesInFlight atomic.Int64
 
 	shardsMu sync.Mutex
 	shards   atomic.Pointer[[]*shard] // index = shard number

@@ -151,6 +151,9 @@ var ErrInvalid = errors.New("invalid order record")
 
 // Decode parses a record value written by AppendJSON and validates it.
 func Decode(value []byte, o *Order) error {
+	if decodeFastEnabled && decodeFast(value, o) {
+		return nil
+	}
 	var w wire
 	if err := json.Unmarshal(value, &w); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)

@@ -42,7 +42,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Group:               "flashgate-ingest",
-		Workers:             1,
+		Workers:             2, // two COPYs in flight: one batch decodes while the other is in PostgreSQL (bench/ingest.sh: 0.95x psql \copy against 0.6x with one)
 		BatchRows:           5000,
 		BatchBytes:          4 << 20, // ~20K orders of ~200 bytes: rows close batches first
 		BatchAge:            50 * time.Millisecond,

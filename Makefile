@@ -49,6 +49,7 @@ bench: build
 	bash bench/http.sh
 	bash bench/e2e.sh
 	EDGE_ARGS='-kafka.syncWrites=false' bash bench/e2e.sh
+	bash bench/ingest.sh
 
 # The edge's HTTP core against nginx only (wrk; installs nginx-light and wrk if missing).
 bench-http: build

@@ -164,12 +164,23 @@ func expireOrders(ctx context.Context, pool *pgxpool.Pool, window time.Duration)
 }
 
 // runExpirer expires orders unpaid after window every interval until ctx
-// ends. Several may run: they skip each other's locked rows.
+// ends, and once an hour forgets payment events older than
+// -ledger.paymentEventsRetention. Several may run: they skip each other's
+// locked rows.
 func runExpirer(ctx context.Context, pool *pgxpool.Pool, window, every time.Duration) {
 	slog.Info("ledger: expirer running", "payment_window", window, "every", every)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var pruned time.Time
 	for {
+		if time.Since(pruned) > time.Hour {
+			if n, err := ledger.PrunePaymentEvents(ctx, pool, time.Now().Add(-*payKeep)); err != nil && ctx.Err() == nil {
+				slog.Warn("ledger: forgetting old payment events failed; will retry", "err", err)
+			} else if n > 0 {
+				slog.Info("ledger: old payment events forgotten", "events", n, "older_than", *payKeep)
+			}
+			pruned = time.Now()
+		}
 		if n, err := expireOrders(ctx, pool, window); err != nil && ctx.Err() == nil {
 			slog.Warn("ledger: expiring orders failed; will retry", "err", err)
 		} else if n > 0 {

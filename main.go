@@ -32,6 +32,7 @@ var (
 	hashParts    = flag.Int("ledger.userHashPartitions", -1, "ledger partitions: sub-partition each daily partition of orders made from now on by hash of user_id into this many tables (0: none, at most 64); -1 leaves the layout as it is")
 	payWindow    = flag.Duration("ledger.paymentWindow", 15*time.Minute, "an order not paid within this time after it was placed expires, and its units go back to the sale")
 	expireEvery  = flag.Duration("ledger.expireEvery", time.Second, "ledger expire (and dev): how often the expirer looks for orders past the payment window")
+	payKeep      = flag.Duration("ledger.paymentEventsRetention", 30*24*time.Hour, "ledger expire (and dev): payment events older than this are forgotten (a provider's replay of one would apply again: keep it above the providers' retry period)")
 	expireOnce   = flag.Bool("ledger.expireOnce", false, "ledger expire: one pass, then exit (for cron)")
 	kafkaSync    = flag.Bool("kafka.syncWrites", true, "dev: the embedded broker fsyncs every batch before acking it (a 202 survives a power loss); false: page cache only, like a Kafka broker's default (survives kill -9, ~10x faster here)")
 	logLevel     = flag.String("log.level", "info", "log level: debug, info, warn, error")

@@ -150,9 +150,10 @@ type unknownOrder struct {
 // unknownOrders is the queue of orders awaiting reconciliation, bounded by
 // -edge.maxUnknownOrders. It is used off the event loops only.
 type unknownOrders struct {
-	mu      sync.Mutex
-	max     int
-	pending []unknownOrder
+	mu        sync.Mutex
+	max       int
+	pending   []unknownOrder
+	resolving int // taken by takeSettled, not yet resolved or put back
 }
 
 // add queues an order; when the queue is full the order is only logged: its
@@ -161,11 +162,11 @@ type unknownOrders struct {
 func (u *unknownOrders) add(o unknownOrder) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if len(u.pending) >= u.max {
+	if len(u.pending)+u.resolving >= u.max {
 		return false
 	}
 	u.pending = append(u.pending, o)
-	unknownPending.Set(float64(len(u.pending)))
+	unknownPending.Set(float64(len(u.pending) + u.resolving))
 	return true
 }
 
@@ -182,21 +183,32 @@ func (u *unknownOrders) takeSettled(cutoffNs int64) []unknownOrder {
 		}
 	}
 	u.pending = keep
-	unknownPending.Set(float64(len(keep)))
+	u.resolving += len(out)
 	return out
 }
 
+// resolved ends the resolution of n orders taken by takeSettled.
+func (u *unknownOrders) resolved(n int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.resolving -= n
+	unknownPending.Set(float64(len(u.pending) + u.resolving))
+}
+
+// putBack returns orders whose resolution failed, to try again later.
 func (u *unknownOrders) putBack(os []unknownOrder) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.pending = append(os, u.pending...)
-	unknownPending.Set(float64(len(u.pending)))
+	u.resolving -= len(os)
 }
 
+// len is the number of orders awaiting reconciliation, including those
+// being resolved now.
 func (u *unknownOrders) len() int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return len(u.pending)
+	return len(u.pending) + u.resolving
 }
 
 // handoff is an order handed to Kafka: what its produce outcome acts on. A
@@ -304,7 +316,9 @@ func (s *Server) reconcile(ctx context.Context) {
 	if err := s.resolve(ctx, batch); err != nil {
 		s.unknown.putBack(batch)
 		slog.Warn("edge: reconciliation postponed", "orders", len(batch), "err", err)
+		return
 	}
+	s.unknown.resolved(len(batch))
 }
 
 func (s *Server) resolve(ctx context.Context, batch []unknownOrder) error {

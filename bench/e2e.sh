@@ -30,56 +30,11 @@ USERS=100000
 PROFILE=${PROFILE:-}
 read -ra EXTRA <<<"${EDGE_ARGS:-}"
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need nginx || ! need wrk; then
-  if [ "$(id -u)" = 0 ] && need apt-get; then
-    echo "installing nginx-light and wrk (Debian packages) for the benchmark" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk) >/dev/null
-  else
-    echo "bench/e2e.sh needs nginx and wrk: sudo apt-get install nginx-light wrk" >&2
-    exit 1
-  fi
-fi
-need python3 || { echo "bench/e2e.sh needs python3 (free ports, JSON)" >&2; exit 1; }
-[ "$(nproc)" -ge 2 ] || { echo "bench/e2e.sh needs 2 CPUs (servers on one, load on the other)" >&2; exit 1; }
-
-work=$(mktemp -d)
-chmod 755 "$work" # PostgreSQL runs as postgres when we are root
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
+need_load_tools bench/e2e.sh
+make_work
 EDGE_PORT=$(port); NGINX_PORT=$(port); ADMIN_PORT=$(port); KAFKA_PORT=$(port)
-
-# nginx: one worker, keep-alive without limits, a 202 like the edge's.
-cat > "$work/nginx.conf" <<CONF
-worker_processes 1;
-daemon on;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server_tokens off;
-  keepalive_requests 100000000;
-  keepalive_timeout 60s;
-  server {
-    listen 127.0.0.1:$NGINX_PORT reuseport;
-    location /v1/orders {
-      default_type application/json;
-      add_header Location /v1/orders/251168050470977536;
-      return 202 '{"order_id":"251168050470977536","status":"accepted","sku":"BENCH","qty":1,"user_id":"u12345"}';
-    }
-  }
-}
-CONF
-taskset -c 0 nginx -c "$work/nginx.conf" -e "$work/nginx-error.log"
+start_nginx "$NGINX_PORT"
 
 # The whole dev stack on CPU 0 (its child PostgreSQL inherits the pinning),
 # with the Kafka hand-off; one event loop; wrk and openloop come from one IP,
@@ -101,19 +56,7 @@ code=$(curl -s -o "$work/first.json" -w '%{http_code}' -X POST "http://127.0.0.1
 [ "$code" = 202 ] || { echo "first order got $code:"; cat "$work/first.json"; echo; cat "$work/dev.log"; exit 1; }
 
 # The requests of bench/http.sh's orders mode, built once in init.
-cat > "$work/orders.lua" <<LUA
-local reqs, n, i = {}, $USERS, 0
-init = function(args)
-  for u = 1, n do
-    reqs[u] = "POST /v1/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-ID: u" .. u ..
-      "\r\nContent-Type: application/json\r\nContent-Length: 23\r\n\r\n{\"sku\":\"BENCH\",\"qty\":1}"
-  end
-end
-request = function()
-  i = i % n + 1
-  return reqs[i]
-end
-LUA
+write_orders_lua "$USERS"
 
 # closed PORT: prints "2xx_per_s p99_us non2xx" for one wrk run. The edge may
 # shed (503) when Kafka falls behind: only 2xx count as throughput.
@@ -142,7 +85,6 @@ settle() {
   awk -v t0="$t0" -v t1="$(date +%s.%N)" 'BEGIN {printf "%.1f", t1-t0}'
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 echo "(a) closed loop: wrk -t1 -c$CONNS, POST /v1/orders from $USERS users, ${SECS}s per run"
 printf "%-10s %-6s %14s %10s %10s %16s\n" run server "202s/s" "p99 µs" "non-2xx" "ingest lag s"

@@ -14,57 +14,11 @@ SECS=${1:-10}
 ROUNDS=${2:-3}
 CONNS=64
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need nginx || ! need wrk; then
-  if [ "$(id -u)" = 0 ] && need apt-get; then
-    echo "installing nginx-light and wrk (Debian packages) for the benchmark" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk) >/dev/null
-  else
-    echo "bench/http.sh needs nginx and wrk: sudo apt-get install nginx-light wrk" >&2
-    exit 1
-  fi
-fi
-[ "$(nproc)" -ge 2 ] || { echo "bench/http.sh needs 2 CPUs (server on one, wrk on the other)" >&2; exit 1; }
-
-work=$(mktemp -d)
-chmod 755 "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
+need_load_tools bench/http.sh
+make_work
 EDGE_PORT=$(port); NGINX_PORT=$(port); ADMIN_PORT=$(port)
-
-# nginx: one worker, keep-alive without limits, the edge's body.
-cat > "$work/nginx.conf" <<CONF
-worker_processes 1;
-daemon on;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server_tokens off;
-  keepalive_requests 100000000;
-  keepalive_timeout 60s;
-  server {
-    listen 127.0.0.1:$NGINX_PORT reuseport;
-    location /healthz { default_type application/json; return 200 '{"status":"ok"}'; }
-    # The orders mode's requests, answered with a 202 and a Location like the edge's.
-    location /v1/orders {
-      default_type application/json;
-      add_header Location /v1/orders/251168050470977536;
-      return 202 '{"order_id":"251168050470977536","status":"accepted","sku":"BENCH","qty":1,"user_id":"u12345"}';
-    }
-  }
-}
-CONF
-taskset -c 0 nginx -c "$work/nginx.conf" -e "$work/nginx-error.log"
+start_nginx "$NGINX_PORT"
 
 # The edge: the whole dev stack (it idles but for the edge), on CPU 0, one
 # event loop. -edge.unsafeNoKafka answers orders right after admission (the
@@ -81,21 +35,7 @@ curl -sf "http://127.0.0.1:$EDGE_PORT/healthz" >/dev/null || { echo "edge did no
 curl -sf -X PUT "http://127.0.0.1:$ADMIN_PORT/admin/v1/skus/BENCH" -d '{"stock": 1000000000000, "price_cents": 100, "per_user_limit": 0}' >/dev/null
 
 # POST /v1/orders from 100K rotating users (each well under its rate limit).
-# The requests are built once in init: building each with wrk.format costs
-# wrk about a fifth of its rate, which would cap both servers at wrk's limit.
-cat > "$work/orders.lua" <<'LUA'
-local reqs, n, i = {}, 100000, 0
-init = function(args)
-  for u = 1, n do
-    reqs[u] = "POST /v1/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-ID: u" .. u ..
-      "\r\nContent-Type: application/json\r\nContent-Length: 23\r\n\r\n{\"sku\":\"BENCH\",\"qty\":1}"
-  end
-end
-request = function()
-  i = i % n + 1
-  return reqs[i]
-end
-LUA
+write_orders_lua 100000
 
 cat > "$work/pipeline.lua" <<'LUA'
 init = function(args)
@@ -118,7 +58,6 @@ run() {
   echo "$rps ${p99:-0}"
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 printf "%-22s %-6s %14s %10s\n" mode server "requests/s" "p99 µs"
 for mode in keepalive pipeline16 orders; do

@@ -18,24 +18,26 @@ import (
 
 // Flags of the contract (shared by the subcommands that use them).
 var (
-	edgeAddr     = flag.String("edge-addr", "127.0.0.1:8080", "listen address of the edge (orders HTTP API)")
-	adminAddr    = flag.String("admin-addr", "127.0.0.1:8081", "listen address of the admin plane (sale setup, /metrics, /debug/pprof); keep it on loopback")
-	kafkaAddr    = flag.String("kafka-addr", "127.0.0.1:9092", "listen address of the embedded Kafka broker (dev only; ignored with --kafka-brokers)")
-	kafkaBrokers = flag.String("kafka-brokers", "", "comma list of Kafka brokers; empty in dev = the embedded broker")
-	databaseURL  = flag.String("database-url", "", "PostgreSQL URL; empty in dev = a private cluster under --data-dir")
-	readURL      = flag.String("database-read-url", "", "edge: a PostgreSQL read replica for order queries (GET /v1/orders, /v1/orders/{id}); empty: --database-url")
-	dataDir      = flag.String("data-dir", "./var", "where dev keeps its PostgreSQL cluster (pg/), broker log (kafka/) and dev.env")
-	authMode     = flag.String("auth", "dev", "identity: dev (trust X-User-ID) or jwt (verified bearer token, user from sub; see -auth.*)")
-	demo         = flag.Bool("demo", false, "dev: load a demo sale (a few SKUs with stock) unless they exist already")
-	trustProxy   = flag.String("trust-proxy", "127.0.0.0/8", "comma list of CIDRs whose X-Forwarded-For is believed for the client IP")
-	partitions   = flag.Int("kafka.partitions", 6, "partitions of the topics flashgate creates when they are missing")
-	hashParts    = flag.Int("ledger.userHashPartitions", -1, "ledger partitions: sub-partition each daily partition of orders made from now on by hash of user_id into this many tables (0: none, at most 64); -1 leaves the layout as it is")
-	payWindow    = flag.Duration("ledger.paymentWindow", 15*time.Minute, "an order not paid within this time after it was placed expires, and its units go back to the sale")
-	expireEvery  = flag.Duration("ledger.expireEvery", time.Second, "ledger expire (and dev): how often the expirer looks for orders past the payment window")
-	payKeep      = flag.Duration("ledger.paymentEventsRetention", 30*24*time.Hour, "ledger expire (and dev): payment events older than this are forgotten (a provider's replay of one would apply again: keep it above the providers' retry period)")
-	expireOnce   = flag.Bool("ledger.expireOnce", false, "ledger expire: one pass, then exit (for cron)")
-	kafkaSync    = flag.Bool("kafka.syncWrites", true, "dev: the embedded broker fsyncs every batch before acking it (a 202 survives a power loss); false: page cache only, like a Kafka broker's default (survives kill -9, ~10x faster here)")
-	logLevel     = flag.String("log.level", "info", "log level: debug, info, warn, error")
+	edgeAddr        = flag.String("edge-addr", "127.0.0.1:8080", "listen address of the edge (orders HTTP API)")
+	adminAddr       = flag.String("admin-addr", "127.0.0.1:8081", "listen address of the admin plane (sale setup, /metrics, /debug/pprof); keep it on loopback")
+	kafkaAddr       = flag.String("kafka-addr", "127.0.0.1:9092", "listen address of the embedded Kafka broker (dev only; ignored with --kafka-brokers)")
+	kafkaBrokers    = flag.String("kafka-brokers", "", "comma list of Kafka brokers; empty in dev = the embedded broker")
+	databaseURL     = flag.String("database-url", "", "PostgreSQL URL; empty in dev = a private cluster under --data-dir")
+	readURL         = flag.String("database-read-url", "", "edge: a PostgreSQL read replica for order queries (GET /v1/orders, /v1/orders/{id}); empty: --database-url")
+	dataDir         = flag.String("data-dir", "./var", "where dev keeps its PostgreSQL cluster (pg/), broker log (kafka/) and dev.env")
+	authMode        = flag.String("auth", "dev", "identity: dev (trust X-User-ID) or jwt (verified bearer token, user from sub; see -auth.*)")
+	demo            = flag.Bool("demo", false, "dev: load a demo sale (a few SKUs with stock) unless they exist already")
+	trustProxy      = flag.String("trust-proxy", "127.0.0.0/8", "comma list of CIDRs whose X-Forwarded-For is believed for the client IP")
+	partitions      = flag.Int("kafka.partitions", 6, "partitions of the topics flashgate creates when they are missing")
+	hashParts       = flag.Int("ledger.userHashPartitions", -1, "ledger partitions: sub-partition each daily partition of orders made from now on by hash of user_id into this many tables (0: none, at most 64); -1 leaves the layout as it is")
+	payWindow       = flag.Duration("ledger.paymentWindow", 15*time.Minute, "an order not paid within this time after it was placed expires, and its units go back to the sale")
+	expireEvery     = flag.Duration("ledger.expireEvery", time.Second, "ledger expire (and dev): how often the expirer looks for orders past the payment window")
+	payKeep         = flag.Duration("ledger.paymentEventsRetention", 30*24*time.Hour, "ledger expire (and dev): payment events older than this are forgotten (a provider's replay of one would apply again: keep it above the providers' retry period)")
+	reconcileEdges  = flag.String("reconcile.edges", "", "ledger reconcile: comma list of the edges' admin plane URLs (default: http://<--admin-addr>)")
+	reconcileRepair = flag.Bool("reconcile.repair", false, "ledger reconcile: reload the stock of each SKU that differs on its edge from the ledger (the SKU pauses for the reload)")
+	expireOnce      = flag.Bool("ledger.expireOnce", false, "ledger expire: one pass, then exit (for cron)")
+	kafkaSync       = flag.Bool("kafka.syncWrites", true, "dev: the embedded broker fsyncs every batch before acking it (a 202 survives a power loss); false: page cache only, like a Kafka broker's default (survives kill -9, ~10x faster here)")
+	logLevel        = flag.String("log.level", "info", "log level: debug, info, warn, error")
 	// TLS and SASL towards real Kafka clusters (--kafka-tls*, --kafka-sasl-*).
 	kafkaSecurity = broker.RegisterFlags(flag.CommandLine)
 )
@@ -49,6 +51,7 @@ Commands:
   edge                 the order edge and its admin plane (needs --kafka-brokers and --database-url)
   ingest               ingest workers: order.created -> PostgreSQL (needs --kafka-brokers and --database-url)
   ledger migrate       apply the schema migrations
+  ledger reconcile     compare the edges' stock with the ledger's orders; -reconcile.repair reloads what differs
   ledger expire        expire orders unpaid after -ledger.paymentWindow, releasing their stock (runs until stopped; -ledger.expireOnce for one pass)
   ledger partitions    make the daily partitions of orders ahead (-ingest.partitionsAhead days), detach old ones (-ingest.retentionDays)
   version              print the version
@@ -67,7 +70,7 @@ func main() {
 	cmd, args := os.Args[1], os.Args[2:]
 	if cmd == "ledger" {
 		if len(args) == 0 {
-			fatalUsage("ledger needs a subcommand: migrate, partitions or expire")
+			fatalUsage("ledger needs a subcommand: migrate, partitions, expire or reconcile")
 		}
 		cmd, args = "ledger "+args[0], args[1:]
 	}
@@ -102,9 +105,11 @@ func main() {
 		err = runPartitions(ctx)
 	case "ledger expire":
 		err = runExpire(ctx)
+	case "ledger reconcile":
+		err = runReconcile(ctx)
 	case "version":
 		fmt.Println("flashgate", version)
-	case "ledger reconcile", "tracegen", "replay", "bench":
+	case "tracegen", "replay", "bench":
 		err = fmt.Errorf("%q is not available yet in this version", cmd)
 	default:
 		fatalUsage(fmt.Sprintf("unknown command %q", cmd))

@@ -39,6 +39,10 @@ type Admin struct {
 	done  chan error
 }
 
+// AdminToken is the -admin.token flag (or $FLASHGATE_ADMIN_TOKEN): what
+// clients of the admin plane send as a bearer token.
+func AdminToken() string { return *adminToken }
+
 // StartAdmin serves the admin plane for srv on addr, with the -admin.token flag.
 func StartAdmin(addr string, srv *Server) (*Admin, error) {
 	return StartAdminWithToken(addr, *adminToken, srv)
@@ -97,6 +101,21 @@ func (a *Admin) handle(ctx *fasthttp.RequestCtx) {
 	}
 	path := string(ctx.Path())
 	switch {
+	case strings.HasPrefix(path, "/admin/v1/skus/") && strings.HasSuffix(path, "/reload"):
+		sku := strings.TrimSuffix(path[len("/admin/v1/skus/"):], "/reload")
+		switch {
+		case !order.ValidSKU(sku):
+			adminProblem(ctx, 400, probInvalidRequest, "sku must be 1-64 bytes of [A-Za-z0-9_.-]")
+		case !ctx.IsPost():
+			adminProblem(ctx, 405, probMethod, "use POST")
+		default:
+			st, err := a.srv.ReloadSKU(ctx, sku)
+			if err != nil {
+				adminProblem(ctx, 409, probUnavailable, err.Error())
+				return
+			}
+			adminJSON(ctx, 200, st)
+		}
 	case strings.HasPrefix(path, "/admin/v1/skus/"):
 		sku := path[len("/admin/v1/skus/"):]
 		switch {
@@ -210,6 +229,8 @@ type SKUState struct {
 	StartsAt     *time.Time `json:"starts_at,omitempty"`
 	EndsAt       *time.Time `json:"ends_at,omitempty"`
 	Active       bool       `json:"active"`
+	// ReleaseSeq is the last stock release applied (see ledger release_seq).
+	ReleaseSeq int64 `json:"release_seq"`
 }
 
 // SKU returns the state of a sale item, or false if the edge has none.
@@ -225,7 +246,7 @@ func skuState(it *saleItem) SKUState {
 	st := SKUState{
 		SKU: it.sku, Stock: it.stock.Load(), Remaining: it.remaining(), Accepted: it.accepted.Load(),
 		TakenUnits: it.takenUnits(), PriceCents: it.priceCents.Load(), PerUserLimit: it.perUserLimit.Load(),
-		Active: it.active(time.Now().UnixNano()),
+		Active: it.active(time.Now().UnixNano()), ReleaseSeq: it.releaseSeq.Load(),
 	}
 	if ns := it.startsAtNs.Load(); ns != 0 {
 		t := time.Unix(0, ns).UTC()

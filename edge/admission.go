@@ -46,6 +46,8 @@ func (s *Server) admit(shard int, sc *admitScratch, user, sku []byte, qty int64,
 		return refuse(404, probUnknownSKU, "no sale for this sku", 0, ordersUnknownSKUTotal)
 	case !it.active(nowNs):
 		return refuse(409, probSaleNotActive, "the sale of this sku is not open now", 0, ordersInactiveTotal)
+	case it.paused.Load():
+		return refuse(503, probUnavailable, "this sku's stock is being reconciled with the ledger; retry in a moment", 1, reconcilePausedTotal)
 	case s.draining.Load():
 		d := refuse(503, probUnavailable, "the edge is shutting down", 1, drainRefusedTotal)
 		d.closeConn = true

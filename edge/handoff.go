@@ -196,6 +196,20 @@ func (u *unknownOrders) resolved(n int) {
 }
 
 // putBack returns orders whose resolution failed, to try again later.
+// holds reports how many orders of unknown outcome of item await
+// reconciliation.
+func (u *unknownOrders) holds(item *saleItem) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n := 0
+	for _, o := range u.pending {
+		if o.item == item {
+			n++
+		}
+	}
+	return n + u.resolving // being resolved: item unknown, count them all
+}
+
 func (u *unknownOrders) putBack(os []unknownOrder) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -390,4 +404,91 @@ func (s *Server) ingestBehind(ctx context.Context, adm *kadm.Client, ends kadm.L
 		}
 	})
 	return behind, nil
+}
+
+// ReloadSKU sets sku's stock from the ledger: what `flashgate ledger
+// reconcile -reconcile.repair` does when the edge holds units the ledger has
+// no order for (a lost release, an order never written). The SKU is paused
+// (orders get 503) while the edge waits for every produce in flight to be
+// answered and for ingest to write everything in Kafka, then the ledger's
+// count of the orders holding stock replaces the edge's. It refuses while
+// orders of unknown outcome of the SKU await reconciliation (their units
+// would come back twice).
+func (s *Server) ReloadSKU(ctx context.Context, sku string) (SKUState, error) {
+	it := s.items.lookup([]byte(sku))
+	if it == nil {
+		return SKUState{}, fmt.Errorf("the edge sells no sku %q", sku)
+	}
+	if n := s.unknown.holds(it); n > 0 {
+		return SKUState{}, fmt.Errorf("%d orders of unknown outcome may hold units of %s; reload after they are reconciled (-edge.reconcileAfter)", n, sku)
+	}
+	if !it.paused.CompareAndSwap(false, true) {
+		return SKUState{}, fmt.Errorf("sku %s is being reloaded already", sku)
+	}
+	defer it.paused.Store(false)
+	ctx, cancel := context.WithTimeout(ctx, 2*s.cfg.DeliveryTimeout+30*time.Second)
+	defer cancel()
+	// An order admitted just before the pause is handed to the producer in
+	// the same loop callback: once every loop has run the barrier, all of
+	// this SKU's orders are counted in produces.
+	for _, sh := range *s.shards.Load() {
+		b := loopBarrier(make(chan struct{}))
+		if err := sh.loop.Execute(ctx, b); err != nil {
+			return SKUState{}, err
+		}
+		select {
+		case <-b:
+		case <-ctx.Done():
+			return SKUState{}, ctx.Err()
+		}
+	}
+	for s.produces.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return SKUState{}, fmt.Errorf("produces still in flight: %w", ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	adm := kadm.NewClient(s.prod)
+	ends, err := adm.ListEndOffsets(ctx, broker.TopicOrderCreated)
+	if err == nil {
+		err = ends.Error()
+	}
+	for err == nil {
+		var behind int64
+		if behind, err = s.ingestBehind(ctx, adm, ends); err == nil && behind == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			err = fmt.Errorf("ingest did not catch up: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		return SKUState{}, err
+	}
+	items, err := ledger.LoadSaleItems(ctx, s.pool)
+	if err != nil {
+		return SKUState{}, err
+	}
+	for _, li := range items {
+		if li.SKU == sku {
+			it.setStock(li.Stock, li.TakenUnits)
+			it.accepted.Store(li.Orders)
+			it.releaseSeq.Store(li.ReleaseSeq)
+			slog.Info("edge: stock reloaded from the ledger", "sku", sku, "stock", li.Stock, "taken_units", li.TakenUnits, "release_seq", li.ReleaseSeq)
+			return skuState(it), nil
+		}
+	}
+	return SKUState{}, fmt.Errorf("the ledger has no sale item %q", sku)
+}
+
+// loopBarrier is closed when an event loop runs it.
+type loopBarrier chan struct{}
+
+// Run implements gnet.Runnable.
+func (b loopBarrier) Run(context.Context) error {
+	close(b)
+	return nil
 }

@@ -37,6 +37,7 @@ var (
 	reconciledLandedTotal   = metrics.NewCounter(`flashgate_edge_reconciled_total{outcome="landed"}`)
 	reconciledReleasedTotal = metrics.NewCounter(`flashgate_edge_reconciled_total{outcome="released"}`)
 	authFailuresTotal       = metrics.NewCounter(`flashgate_edge_auth_failures_total`)
+	reconcilePausedTotal    = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="sku-reconciling"}`)
 	eventStreams            = metrics.NewGauge(`flashgate_edge_event_streams`, nil)
 	releasesAppliedTotal    = metrics.NewCounter(`flashgate_edge_stock_releases_applied_total`)
 	releasedUnitsTotal      = metrics.NewCounter(`flashgate_edge_stock_released_units_total`)

@@ -43,6 +43,7 @@ type saleItem struct {
 
 	accepted     atomic.Int64 // orders answered 202
 	releaseSeq   atomic.Int64 // the last stock release (flash-sale.events) counted
+	paused       atomic.Bool  // its stock is being reloaded from the ledger: orders get 503
 	priceCents   atomic.Int64
 	perUserLimit atomic.Int32
 	startsAtNs   atomic.Int64 // 0 = no start bound

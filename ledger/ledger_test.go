@@ -300,3 +300,31 @@ func TestUserHashPartitions(t *testing.T) {
 		t.Fatalf("detaching the hash-partitioned day 10 days ago: %v, %v", detached, err)
 	}
 }
+
+// An order dated the very millisecond its sale started counts against it:
+// order ids carry milliseconds, so the sale's start is rounded down to one.
+func TestSaleStartCountsOrdersOfItsMillisecond(t *testing.T) {
+	pool, _ := testenv.Ledger(t)
+	ctx := context.Background()
+	it, err := ledger.PutSaleItem(ctx, pool, ledger.SaleItem{SKU: "MS-1", Stock: 10, PriceCents: 1, PerUserLimit: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !it.SaleStartedAt.Equal(it.SaleStartedAt.Truncate(time.Millisecond)) {
+		t.Fatalf("sale started at %v, not on a millisecond", it.SaleStartedAt)
+	}
+	if _, err := ledger.EnsurePartitionsAround(ctx, pool, it.SaleStartedAt, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO orders (order_id, user_id, sku, qty, price_cents, created_at) VALUES (1, 'u', 'MS-1', 2, 1, $1)`, it.SaleStartedAt); err != nil {
+		t.Fatal(err)
+	}
+	items, err := ledger.LoadSaleItems(ctx, pool)
+	if err != nil || len(items) != 1 || items[0].TakenUnits != 2 {
+		t.Fatalf("LoadSaleItems = %+v, %v; want 2 units taken", items, err)
+	}
+	var units int64
+	if err := ledger.LoadPurchases(ctx, pool, func(user, sku string, n int64) error { units += n; return nil }); err != nil || units != 2 {
+		t.Fatalf("LoadPurchases: %d units, %v; want 2", units, err)
+	}
+}

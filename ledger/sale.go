@@ -28,7 +28,10 @@ type SaleItem struct {
 // before it.
 func PutSaleItem(ctx context.Context, pool *pgxpool.Pool, it SaleItem) (SaleItem, error) {
 	if it.SaleStartedAt.IsZero() {
-		it.SaleStartedAt = time.Now()
+		// Rounded down to the millisecond, the resolution of order ids: an
+		// order admitted in the same millisecond after the PUT is dated that
+		// millisecond, and must count (it did not, and a restart forgot it).
+		it.SaleStartedAt = time.Now().Truncate(time.Millisecond)
 	}
 	err := pool.QueryRow(ctx, `INSERT INTO sale_items (sku, stock, price_cents, per_user_limit, starts_at, ends_at, sale_started_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7)

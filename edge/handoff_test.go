@@ -258,18 +258,7 @@ func TestUnknownOutcomesReconciled(t *testing.T) {
 	holdProduces(kf.Cluster(), &hold, &drop, &held)
 	t.Cleanup(func() { hold.Store(false) })
 
-	icfg := ingest.DefaultConfig()
-	icfg.Brokers = []string{kf.Addr()}
-	ipool, err := ledger.Open(context.Background(), url, 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ipool.Close)
-	svc, err := ingest.Start(icfg, ipool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(svc.Stop)
+	icfg := startIngest(t, kf, url)
 
 	cfg := DefaultConfig()
 	cfg.Addr, cfg.Brokers = freeAddr(t), []string{kf.Addr()}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/flashgate/flashgate/ingest"
 	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/broker"
 	"github.com/flashgate/flashgate/lib/payment"
 	"github.com/flashgate/flashgate/lib/testenv"
 )
@@ -28,18 +29,7 @@ func startLifecycle(t *testing.T, sku string, stock int64) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 
-	icfg := ingest.DefaultConfig()
-	icfg.Brokers = []string{kf.Addr()}
-	ipool, err := ledger.Open(ctx, url, 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ipool.Close)
-	svc, err := ingest.Start(icfg, ipool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(svc.Stop)
+	startIngest(t, kf, url)
 
 	// ingest runs the outbox relay too: releases reach flash-sale.events.
 
@@ -65,6 +55,25 @@ func startLifecycle(t *testing.T, sku string, stock int64) *Server {
 	}
 	t.Cleanup(func() { s.Stop(context.Background()) })
 	return s
+}
+
+// startIngest runs ingest (and its outbox relay) from kf into the ledger at
+// url until the test ends, and returns its configuration.
+func startIngest(t *testing.T, kf *broker.Embedded, url string) ingest.Config {
+	t.Helper()
+	icfg := ingest.DefaultConfig()
+	icfg.Brokers = []string{kf.Addr()}
+	ipool, err := ledger.Open(context.Background(), url, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ipool.Close)
+	svc, err := ingest.Start(icfg, ipool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(svc.Stop)
+	return icfg
 }
 
 // call sends a request to the edge and returns the status and body.

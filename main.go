@@ -54,6 +54,8 @@ Commands:
   ledger reconcile     compare the edges' stock with the ledger's orders; -reconcile.repair reloads what differs
   ledger expire        expire orders unpaid after -ledger.paymentWindow, releasing their stock (runs until stopped; -ledger.expireOnce for one pass)
   ledger partitions    make the daily partitions of orders ahead (-ingest.partitionsAhead days), detach old ones (-ingest.retentionDays)
+  tracegen             write a synthetic flash-sale trace (or import a CSV of real orders) for replay
+  replay               replay a trace against an edge, open loop; -replay.verify checks the invariants after it
   version              print the version
 
 Run 'flashgate <command> -help' for the flags.
@@ -109,7 +111,11 @@ func main() {
 		err = runReconcile(ctx)
 	case "version":
 		fmt.Println("flashgate", version)
-	case "tracegen", "replay", "bench":
+	case "tracegen":
+		err = runTracegen(ctx)
+	case "replay":
+		err = runReplay(ctx)
+	case "bench":
 		err = fmt.Errorf("%q is not available yet in this version", cmd)
 	default:
 		fatalUsage(fmt.Sprintf("unknown command %q", cmd))

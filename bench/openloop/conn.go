@@ -26,17 +26,22 @@ type flight struct {
 	at, wrote time.Duration // intended send time and write time, offsets from the run's start
 	head      bool          // HEAD: the response has no body
 	measured  bool
+	tag       uint64
+	aux       [2]int // Request.Aux is worker.aux[aux[0]:aux[1]]
 }
 
 // worker owns one connection: it takes due requests, writes them and reads
 // their responses, one batch (of up to Config.Pipeline) at a time.
 type worker struct {
 	r    *Runner
+	id   int
 	mu   sync.Mutex // guards conn against Runner.abort; only the worker changes conn
 	conn net.Conn
 	rr   *respReader
 
 	wbuf      []byte
+	aux       []byte // the batch's Request.Aux, back to back
+	resp      Response
 	batch     []*Request
 	fl        []flight
 	samples   []sample
@@ -48,9 +53,10 @@ type worker struct {
 	dialErr  error
 }
 
-func newWorker(r *Runner) *worker {
+func newWorker(r *Runner, id int) *worker {
 	return &worker{
 		r:       r,
+		id:      id,
 		rr:      newRespReader(nil),
 		wbuf:    make([]byte, 0, 4096),
 		batch:   make([]*Request, 0, r.cfg.Pipeline),
@@ -87,10 +93,16 @@ func (w *worker) run() {
 // roundTrip writes the batch and reads its responses.
 func (w *worker) roundTrip() {
 	r := w.r
-	w.wbuf, w.fl = w.wbuf[:0], w.fl[:0]
+	w.wbuf, w.fl, w.aux = w.wbuf[:0], w.fl[:0], w.aux[:0]
 	for _, s := range w.batch {
 		w.wbuf = append(w.wbuf, s.Raw...)
-		w.fl = append(w.fl, flight{at: s.At, head: bytes.HasPrefix(s.Raw, methodHEAD), measured: r.measured(s.At)})
+		f := flight{at: s.At, head: bytes.HasPrefix(s.Raw, methodHEAD), measured: r.measured(s.At), tag: s.Tag}
+		if r.cfg.OnResponse != nil {
+			f.aux[0] = len(w.aux)
+			w.aux = append(w.aux, s.Aux...)
+			f.aux[1] = len(w.aux)
+		}
+		w.fl = append(w.fl, f)
 		r.free <- s // never blocks: free holds every slot
 	}
 	if r.aborted.Load() {
@@ -131,13 +143,16 @@ func (w *worker) roundTrip() {
 	}
 	var now time.Duration
 	for i := range w.fl {
-		status, closeAfter, err := w.rr.read(w.fl[i].head)
+		status, body, closeAfter, err := w.rr.readBody(w.fl[i].head, r.cfg.OnResponse != nil)
 		now = r.now()
 		if err != nil {
 			w.fail(i, now, err, -1, true)
 			return
 		}
 		f := &w.fl[i]
+		if r.cfg.OnResponse != nil {
+			w.report(f, status, "", body, now)
+		}
 		if r.inWindow(now) {
 			w.c.doneInWindow++
 		}
@@ -186,7 +201,11 @@ func (w *worker) fail(from int, now time.Duration, err error, kind int, written 
 		w.noted[kind] = true
 		w.r.rec.noteError(kind, err)
 	}
-	for _, f := range w.fl[from:] {
+	for i := range w.fl[from:] {
+		f := &w.fl[from+i]
+		if w.r.cfg.OnResponse != nil {
+			w.report(f, 0, errKindNames[kind], nil, now)
+		}
 		delay := f.wrote - f.at
 		if !written {
 			delay = now - f.at
@@ -196,6 +215,13 @@ func (w *worker) fail(from int, now time.Duration, err error, kind int, written 
 			w.flush(now)
 		}
 	}
+}
+
+// report hands a request's outcome to Config.OnResponse.
+func (w *worker) report(f *flight, status int, errKind string, body []byte, now time.Duration) {
+	w.resp = Response{Tag: f.tag, Aux: w.aux[f.aux[0]:f.aux[1]], Status: status, ErrKind: errKind,
+		Body: body, At: f.at, Done: now, Measured: f.measured}
+	w.r.cfg.OnResponse(w.id, &w.resp)
 }
 
 func (w *worker) flush(now time.Duration) {

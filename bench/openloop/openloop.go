@@ -71,6 +71,15 @@ type Config struct {
 	Drain time.Duration
 	// DialTimeout for each connection. Default 3s.
 	DialTimeout time.Duration
+	// OnResponse, if set, is called with the outcome of every request that
+	// was due in the run and written or failed (warm-up included: see
+	// Response.Measured), from the goroutine of the connection that sent it
+	// (conn, 0..Conns-1), so calls for different connections run
+	// concurrently. It must be quick: the connection sends nothing while
+	// it runs. Requests never written (Result.Unsent) and those left
+	// unanswered when Drain cut the run are not reported. Without
+	// OnResponse, response bodies are skipped unread.
+	OnResponse func(conn int, r *Response)
 	// RedialInterval: after a failed dial, a connection fails its requests at
 	// once ("connect" errors) instead of dialing again for this long, so a
 	// server that is down costs neither it nor the generator a dial per
@@ -134,6 +143,23 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// Response is the outcome of one request, for Config.OnResponse. Its slices
+// are valid only during the call.
+type Response struct {
+	Tag uint64 // Request.Tag
+	Aux []byte // Request.Aux
+	// Status is the response's status code; 0 when the request failed
+	// without one (ErrKind says how).
+	Status  int
+	ErrKind string // "connect", "write", "read", "timeout", "protocol", "closed"; "" with a Status
+	Body    []byte // the response body; nil if it did not fit the read buffer (64 KiB)
+	// At is the intended send time and Done the time the response ended (or
+	// the request failed), both offsets from the run's start; the latency is
+	// Done-At.
+	At, Done time.Duration
+	Measured bool // the request was due in the measured window (not warm-up)
+}
+
 // Runner runs one load: New, then Run once; Progress from any goroutine.
 type Runner struct {
 	cfg     Config
@@ -183,7 +209,7 @@ func New(cfg Config, src Source) (*Runner, error) {
 	}
 	r.workers = make([]*worker, cfg.Conns)
 	for i := range r.workers {
-		r.workers[i] = newWorker(r)
+		r.workers[i] = newWorker(r, i)
 	}
 	return r, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -513,5 +514,110 @@ func TestSendsOnTime(t *testing.T) {
 	}
 	if limit := 5 * time.Millisecond; !raceEnabled && res.SendDelay.P50 > limit {
 		t.Fatalf("send delay p50 %v: the generator is late by itself", res.SendDelay.P50)
+	}
+}
+
+// tagSource sends n requests at rate, request i tagged i with Aux "aux-i" and
+// path /echo/i, so each response can be matched to its request.
+type tagSource struct {
+	n, i uint64
+	rate float64
+}
+
+func (s *tagSource) Next(r *Request) bool {
+	if s.i == s.n {
+		return false
+	}
+	r.At = time.Duration(float64(s.i) / s.rate * float64(time.Second))
+	r.Raw = AppendRequest(r.Raw[:0], "GET", "127.0.0.1", "/echo/"+strconv.FormatUint(s.i, 10), nil, nil)
+	r.Tag = s.i
+	r.Aux = strconv.AppendUint(append(r.Aux[:0], "aux-"...), s.i, 10)
+	s.i++
+	return true
+}
+
+func TestOnResponseReportsEveryRequest(t *testing.T) {
+	for _, pipeline := range []int{1, 8} {
+		t.Run("pipeline"+strconv.Itoa(pipeline), func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				n, _ := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/echo/"))
+				if n%10 == 3 {
+					w.WriteHeader(409)
+				}
+				fmt.Fprintf(w, "body-%d", n)
+			}))
+			t.Cleanup(srv.Close)
+			const n = 3000
+			var mu sync.Mutex
+			seen := map[uint64]string{}
+			var bad []string
+			cfg := Config{Addr: addrOf(srv), Conns: 4, Pipeline: pipeline, OnResponse: func(conn int, r *Response) {
+				mu.Lock()
+				defer mu.Unlock()
+				if conn < 0 || conn >= 4 {
+					bad = append(bad, fmt.Sprintf("conn %d", conn))
+				}
+				want := 200
+				if r.Tag%10 == 3 {
+					want = 409
+				}
+				if r.Status != want || string(r.Body) != fmt.Sprintf("body-%d", r.Tag) || string(r.Aux) != fmt.Sprintf("aux-%d", r.Tag) || r.Done < r.At || !r.Measured {
+					bad = append(bad, fmt.Sprintf("tag %d: status %d body %q aux %q at %v done %v", r.Tag, r.Status, r.Body, r.Aux, r.At, r.Done))
+				}
+				if _, dup := seen[r.Tag]; dup {
+					bad = append(bad, fmt.Sprintf("tag %d reported twice", r.Tag))
+				}
+				seen[r.Tag] = string(r.Body)
+			}}
+			res := run(t, cfg, &tagSource{n: n, rate: 20000})
+			if len(bad) > 0 {
+				t.Fatalf("%d bad reports, first: %v", len(bad), bad[0])
+			}
+			if len(seen) != n || res.Responses != n {
+				t.Fatalf("reported %d, responses %d, want %d", len(seen), res.Responses, n)
+			}
+		})
+	}
+}
+
+func TestOnResponseReportsErrors(t *testing.T) {
+	// A server that closes every connection without answering: every request
+	// is reported once, without a status, with the kind of failure.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				buf := make([]byte, 4096)
+				c.Read(buf)
+				c.Close()
+			}()
+		}
+	}()
+	var mu sync.Mutex
+	kinds := map[string]int{}
+	tags := map[uint64]bool{}
+	cfg := Config{Addr: ln.Addr().String(), Conns: 2, OnResponse: func(conn int, r *Response) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Status != 0 || r.Body != nil {
+			t.Errorf("tag %d: status %d body %q from a server that never answers", r.Tag, r.Status, r.Body)
+		}
+		kinds[r.ErrKind]++
+		tags[r.Tag] = true
+	}}
+	res := run(t, cfg, &tagSource{n: 200, rate: 2000})
+	if len(tags) != 200 || res.Errors != 200 {
+		t.Fatalf("reported %d distinct requests (kinds %v), errors %d; want 200", len(tags), kinds, res.Errors)
+	}
+	if kinds[""] > 0 {
+		t.Fatalf("errors reported without a kind: %v", kinds)
 	}
 }

@@ -86,14 +86,22 @@ var (
 // the request was HEAD: its response has no body whatever Content-Length says.
 // After an error the connection's framing is lost; close it.
 func (rr *respReader) read(head bool) (status int, closeAfter bool, err error) {
+	status, _, closeAfter, err = rr.readBody(head, false)
+	return status, closeAfter, err
+}
+
+// readBody is read that, with wantBody, also returns the body when it fits
+// the read buffer (maxResponseHeaderBytes; a larger one is skipped and body
+// is nil). body is valid until the next call.
+func (rr *respReader) readBody(head, wantBody bool) (status int, body []byte, closeAfter bool, err error) {
 	for {
 		i := bytes.Index(rr.buf[rr.pos:rr.end], crlfcrlf)
 		if i < 0 {
 			if err := rr.fill(); err != nil {
 				if err == io.EOF && rr.end > rr.pos {
-					return 0, false, errCutResponse
+					return 0, nil, false, errCutResponse
 				}
-				return 0, false, err
+				return 0, nil, false, err
 			}
 			continue
 		}
@@ -101,7 +109,7 @@ func (rr *respReader) read(head bool) (status int, closeAfter bool, err error) {
 		rr.pos += i + 4
 		status, closeAfter, length, err := parseHead(hdr)
 		if err != nil {
-			return 0, false, err
+			return 0, nil, false, err
 		}
 		if status < 200 {
 			continue // 100 Continue and friends: the real response follows
@@ -109,13 +117,32 @@ func (rr *respReader) read(head bool) (status int, closeAfter bool, err error) {
 		if head || status == 204 || status == 304 {
 			length = 0
 		} else if length < 0 {
-			return 0, false, errNoLength
+			return 0, nil, false, errNoLength
+		}
+		if wantBody && length <= int64(len(rr.buf)) {
+			body, err := rr.take(int(length))
+			return status, body, closeAfter, err
 		}
 		if err := rr.skip(length); err != nil {
-			return 0, false, err
+			return 0, nil, false, err
 		}
-		return status, closeAfter, nil
+		return status, nil, closeAfter, nil
 	}
+}
+
+// take returns the next n bytes (n <= len(buf)), reading as needed.
+func (rr *respReader) take(n int) ([]byte, error) {
+	for rr.end-rr.pos < n {
+		if err := rr.fill(); err != nil {
+			if err == io.EOF {
+				return nil, errCutResponse
+			}
+			return nil, err
+		}
+	}
+	b := rr.buf[rr.pos : rr.pos+n]
+	rr.pos += n
+	return b, nil
 }
 
 // skip discards n body bytes, reading as needed.

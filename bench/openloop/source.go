@@ -17,6 +17,11 @@ type Request struct {
 	// hands the same Request back to Next once Raw has been copied out, so a
 	// Source must not keep Raw (nor the Request) after Next returns.
 	Raw []byte
+	// Tag and Aux are handed back with the request's outcome to
+	// Config.OnResponse, untouched: a Source says there which record a
+	// request came from and what it was about. Aux is copied like Raw.
+	Tag uint64
+	Aux []byte
 }
 
 // Source yields the requests of a run in non-decreasing order of At.

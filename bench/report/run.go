@@ -93,8 +93,8 @@ type SKUSeries struct {
 
 // Ingest is how fast the accepted orders reached PostgreSQL.
 type Ingest struct {
-	Accepted uint64        `json:"accepted"` // distinct order ids answered 202
-	Landed   uint64        `json:"landed"`   // of those, found in the ledger
+	Accepted uint64        `json:"accepted"`   // distinct order ids answered 202
+	Landed   uint64        `json:"landed"`     // of those, found in the ledger
 	Drained  time.Duration `json:"drained_ns"` // from the replay's start until ingest had caught up
 	// LandedPerSecond counts the accepted orders by the second (since the
 	// replay's start) their row was written, from the orders' updated_at

@@ -313,6 +313,11 @@ func parseRecord(b []byte, rec *Record) error {
 	if n != 7 || b != nil {
 		return errors.New("want 7 fields separated by one space: offset_us kind user ip sku qty key")
 	}
+	for i, x := range f {
+		if len(x) == 0 {
+			return fmt.Errorf("field %d of 7 is empty (two spaces in a row, or one at the end of the line); write \"-\" for none", i+1)
+		}
+	}
 	us, ok := parseUint(f[0])
 	if !ok {
 		return fmt.Errorf("offset %q is not a number of microseconds", f[0])

@@ -26,6 +26,8 @@
 //
 //	offset_us kind user ip sku qty key
 //
+// where:
+//
 //   - offset_us: when the request is due, in microseconds from the start of
 //     the replay; non-decreasing down the file.
 //   - kind: "order" (POST /v1/orders), "retry" (the same order again, same

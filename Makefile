@@ -8,7 +8,7 @@ STATICCHECK_VERSION := v0.8.2
 # Fuzz each target this long in `make fuzz` (CI uses a short time).
 FUZZTIME  ?= 30s
 
-.PHONY: all build run test check fmt vet staticcheck bench bench-http fuzz clean deps
+.PHONY: all build run test check fmt vet staticcheck bench bench-http profile fuzz clean deps
 
 all: build
 
@@ -54,6 +54,12 @@ bench: build
 # The edge's HTTP core against nginx only (wrk; installs nginx-light and wrk if missing).
 bench-http: build
 	bash bench/http.sh
+
+# A replay of the default 1M-order flash sale against `flashgate dev` with CPU,
+# heap, allocation, mutex, block and goroutine profiles captured during it;
+# prints the go tool pprof commands to open them. See bench/profile.sh.
+profile: build
+	bash bench/profile.sh $(TRACE)
 
 # Runs every fuzz target for FUZZTIME each.
 fuzz:

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -38,6 +39,8 @@ var (
 	expireOnce      = flag.Bool("ledger.expireOnce", false, "ledger expire: one pass, then exit (for cron)")
 	kafkaSync       = flag.Bool("kafka.syncWrites", true, "dev: the embedded broker fsyncs every batch before acking it (a 202 survives a power loss); false: page cache only, like a Kafka broker's default (survives kill -9, ~10x faster here)")
 	logLevel        = flag.String("log.level", "info", "log level: debug, info, warn, error")
+	mutexFraction   = flag.Int("pprof.mutexFraction", 0, "sample 1 in N mutex contention events for /debug/pprof/mutex (0: off; 5 costs little; make profile sets it)")
+	blockRate       = flag.Int("pprof.blockRate", 0, "sample goroutine blocking events lasting about this many nanoseconds for /debug/pprof/block (0: off; 10000 costs little; make profile sets it)")
 	// TLS and SASL towards real Kafka clusters (--kafka-tls*, --kafka-sasl-*).
 	kafkaSecurity = broker.RegisterFlags(flag.CommandLine)
 )
@@ -87,6 +90,8 @@ func main() {
 		fatalUsage(fmt.Sprintf("unexpected argument %q; flags come as -name value", flag.Arg(0)))
 	}
 	setupLogging()
+	runtime.SetMutexProfileFraction(*mutexFraction)
+	runtime.SetBlockProfileRate(*blockRate)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	go func() {

@@ -219,8 +219,12 @@ func (w *worker) fail(from int, now time.Duration, err error, kind int, written 
 
 // report hands a request's outcome to Config.OnResponse.
 func (w *worker) report(f *flight, status int, errKind string, body []byte, now time.Duration) {
+	wrote := f.wrote
+	if wrote == 0 || wrote > now {
+		wrote = now // failed before the write
+	}
 	w.resp = Response{Tag: f.tag, Aux: w.aux[f.aux[0]:f.aux[1]], Status: status, ErrKind: errKind,
-		Body: body, At: f.at, Done: now, Measured: f.measured}
+		Body: body, At: f.at, Wrote: wrote, Done: now, Measured: f.measured}
 	w.r.cfg.OnResponse(w.id, &w.resp)
 }
 

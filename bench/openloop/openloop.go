@@ -153,10 +153,10 @@ type Response struct {
 	Status  int
 	ErrKind string // "connect", "write", "read", "timeout", "protocol", "closed"; "" with a Status
 	Body    []byte // the response body; nil if it did not fit the read buffer (64 KiB)
-	// At is the intended send time and Done the time the response ended (or
-	// the request failed), both offsets from the run's start; the latency is
-	// Done-At.
-	At, Done time.Duration
+	// At is the intended send time, Wrote the time it was written (Done if
+	// it never was) and Done the time the response ended (or the request
+	// failed), all offsets from the run's start; the latency is Done-At.
+	At, Wrote, Done time.Duration
 	Measured bool // the request was due in the measured window (not warm-up)
 }
 
@@ -215,6 +215,14 @@ func New(cfg Config, src Source) (*Runner, error) {
 }
 
 func (r *Runner) now() time.Duration { return time.Since(r.t0) }
+
+// Started is the wall-clock time the run started (its offsets count from
+// it), once Run has opened the connections; zero before.
+func (r *Runner) Started() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.t0
+}
 
 // measured reports whether a request due at at is in the measured window.
 func (r *Runner) measured(at time.Duration) bool { return at >= r.cfg.Warmup && at < r.end }

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -182,8 +183,8 @@ const (
 )
 
 func (c *GenConfig) validate() error {
-	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	var errs []string
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Sprintf(format, args...)) }
 	share := func(name, flag string, v float64) {
 		if !(v >= 0 && v <= 1) {
 			bad("%s is %v: want a share between 0 and 1 (-tracegen.%s)", name, v, flag)
@@ -286,7 +287,7 @@ func (c *GenConfig) validate() error {
 		bad("MaxPending is %d: want 1..%d follow-ups (-tracegen.maxPending)", c.MaxPending, genMaxPending)
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("tracegen: %w", errors.Join(errs...))
+		return errors.New("tracegen: " + strings.Join(errs, "; "))
 	}
 	return nil
 }

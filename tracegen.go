@@ -21,7 +21,7 @@ var tracegenDefaults = trace.DefaultGenConfig()
 var (
 	tgOut      = flag.String("tracegen.out", "", "tracegen: the trace file to write (required); ending in .zst compresses it with zstd (recommended: ~10x smaller), any other name writes plain text. Written to a temporary file in the same directory and renamed at the end")
 	tgSeed     = flag.Uint64("tracegen.seed", tracegenDefaults.Seed, "tracegen: random seed; the same seed and flags write the same trace, byte for byte")
-	tgOrders   = flag.Int64("tracegen.orders", tracegenDefaults.Orders, "tracegen: order requests (kind order, the bots' included); retries, polls and cancels come on top (about +70% records with the defaults)")
+	tgOrders   = flag.Int64("tracegen.orders", tracegenDefaults.Orders, "tracegen: order requests (kind order, the bots' included); retries, polls and cancels come on top (+54% records with the defaults)")
 	tgDuration = flag.Duration("tracegen.duration", tracegenDefaults.Duration, "tracegen: the window the orders arrive in (follow-ups trail it by up to -tracegen.cancelDelayMax); with -tracegen.csv, the length the file's time span is compressed to (0: the file's own timing)")
 	tgUsers    = flag.Int("tracegen.users", tracegenDefaults.Users, "tracegen: buyers u1..uN (the last -tracegen.bots × -tracegen.botAccounts of them are the bots' accounts); memory: ~5 bytes each")
 	tgDevices  = flag.Int("tracegen.devices", tracegenDefaults.MaxDevices, "tracegen: each user has 1..N devices, each with its own IP (10.x.y.z; IPv6 past 16.7M devices)")

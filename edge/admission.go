@@ -85,17 +85,18 @@ func (s *Server) admit(shard int, sc *admitScratch, user, sku []byte, qty int64,
 		}
 		d.probe = probe
 	}
-	if limit := int64(it.perUserLimit.Load()); limit > 0 {
-		var out purchaseOutcome
-		switch d.purchase, out = s.purchases.reserve(user, sku, qty, limit); out {
-		case purchaseOverLimit:
-			s.breaker.cancelProbe(d.probe)
-			s.abandonIdem(d.idemK)
-			return refuse(409, probPurchaseLimit, "this order would take you past the per-user limit of this sku", 0, ordersLimitTotal)
-		case purchaseTableFull:
-			s.breaker.cancelProbe(d.probe)
-			s.abandonIdem(d.idemK)
-			return refuse(503, probUnavailable, "purchase limits cannot be counted for more buyers now; see -edge.purchaseSlots", 1, purchaseFullTotal)
+	// The user's purchase counter is reserved before the stock is taken, so
+	// that a refusal never gives units back (which could show a false sold
+	// out meanwhile). But a (user, SKU) counter, once claimed, stays for the
+	// process's life, and after a sell-out most requests are for SKUs
+	// without stock: those take the counter only if the stock, which then
+	// almost always refuses them, lets them through (a moment's stale view
+	// of the stripes); so the table holds the buyers, not everyone who tried.
+	limit := int64(it.perUserLimit.Load())
+	late := limit > 0 && it.remaining() < qty
+	if limit > 0 && !late {
+		if r := s.reservePurchase(&d, user, sku, qty, limit); r.status != 0 {
+			return r
 		}
 	}
 	if !it.take(shard, qty) {
@@ -106,7 +107,30 @@ func (s *Server) admit(shard int, sc *admitScratch, user, sku []byte, qty int64,
 		s.abandonIdem(d.idemK)
 		return refuse(409, probSoldOut, "no stock left for this sku", 0, ordersSoldOutTotal)
 	}
+	if late {
+		if r := s.reservePurchase(&d, user, sku, qty, limit); r.status != 0 {
+			it.giveBack(shard, qty)
+			return r
+		}
+	}
 	return d
+}
+
+// reservePurchase counts qty units of sku for user in d.purchase; on a
+// refusal it undoes the rest of d and returns the refusal (status 0: none).
+func (s *Server) reservePurchase(d *decision, user, sku []byte, qty, limit int64) decision {
+	var out purchaseOutcome
+	switch d.purchase, out = s.purchases.reserve(user, sku, qty, limit); out {
+	case purchaseOverLimit:
+		s.breaker.cancelProbe(d.probe)
+		s.abandonIdem(d.idemK)
+		return refuse(409, probPurchaseLimit, "this order would take you past the per-user limit of this sku", 0, ordersLimitTotal)
+	case purchaseTableFull:
+		s.breaker.cancelProbe(d.probe)
+		s.abandonIdem(d.idemK)
+		return refuse(503, probUnavailable, "purchase limits cannot be counted for more buyers now; see -edge.purchaseSlots", 1, purchaseFullTotal)
+	}
+	return decision{}
 }
 
 // compensate undoes an admission whose order definitely failed: the units go

@@ -54,11 +54,13 @@ func (m *admissionModel) admit(user, sku string, qty int64, key string) (status 
 			}
 		}
 	}
-	if l := m.limit[sku]; l > 0 && m.bought[user+"/"+sku]+qty > l {
-		return 409, probPurchaseLimit, nil
-	}
+	// Without the stock for it, an order is sold out whatever the user's
+	// limit says (the edge does not count a purchase for it).
 	if m.remaining[sku] < qty {
 		return 409, probSoldOut, nil
+	}
+	if l := m.limit[sku]; l > 0 && m.bought[user+"/"+sku]+qty > l {
+		return 409, probPurchaseLimit, nil
 	}
 	m.remaining[sku] -= qty
 	m.bought[user+"/"+sku] += qty

@@ -5,6 +5,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/flashgate/flashgate/ledger"
 )
 
 // Loops racing for the same users never let one buy past the limit, and
@@ -80,5 +83,32 @@ func TestPurchaseTableFullRefuses(t *testing.T) {
 	}
 	if allocs := testing.AllocsPerRun(100, func() { tab.reserve([]byte("u1"), []byte("S"), 0, 5) }); allocs != 0 {
 		t.Fatalf("reserve allocates %v", allocs)
+	}
+}
+
+// After a sell-out, the requests for the SKU claim no purchase counters: a
+// flood of new buyers of a sold-out SKU cannot fill the table.
+func TestSoldOutClaimsNoPurchaseCounters(t *testing.T) {
+	s := testAdmission(2)
+	if _, err := s.items.put(ledger.SaleItem{SKU: "HOT", Stock: 3, PerUserLimit: 1}, -1); err != nil {
+		t.Fatal(err)
+	}
+	var sc admitScratch
+	now := time.Now().UnixNano()
+	accepted := 0
+	for i := range 10000 {
+		d := s.admit(i%2, &sc, []byte(fmt.Sprintf("u%d", i)), []byte("HOT"), 1, nil, now)
+		switch {
+		case d.status == 0:
+			accepted++
+		case d.problem != probSoldOut:
+			t.Fatalf("order %d: %d %s, want sold-out", i, d.status, d.problem)
+		}
+	}
+	if accepted != 3 {
+		t.Fatalf("accepted %d, want 3", accepted)
+	}
+	if used := s.purchases.used.Load(); used != 3 {
+		t.Fatalf("%d purchase counters claimed by 3 buyers and 9997 sold-out requests, want 3", used)
 	}
 }

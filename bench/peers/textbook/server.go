@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"strconv"
 	"strings"
@@ -55,6 +56,9 @@ func (s *server) adminHandler() http.Handler {
 	mux.HandleFunc("PUT /admin/v1/skus/{sku}", s.putSKU)
 	mux.HandleFunc("GET /admin/v1/skus/{sku}", s.getSKU)
 	mux.HandleFunc("GET /healthz", healthz)
+	// As on flashgate's admin plane: profile the peer under load.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	return mux
 }
 

@@ -36,7 +36,8 @@ const idemTTL = 24 * time.Hour
 //
 // It returns {code, ms, seq, price}: code 0 = admitted, 1 = a replay of the
 // key's order (ms and seq are the stored order's), 2 = unknown SKU,
-// 3 = purchase limit, 4 = sold out, 5 = key used with another body.
+// 3 = purchase limit, 4 = sold out, 5 = key used with another body. An order
+// both over the limit and without stock is sold out, as on flashgate's edge.
 var orderScript = redis.NewScript(`
 -- KEYS: 1 sku hash, 2 bought hash, 3 order id counter, 4 idempotency key (optional)
 -- ARGV: 1 user, 2 qty, 3 now ms, 4 fingerprint "sku:qty", 5 idempotency TTL s
@@ -51,10 +52,10 @@ if #KEYS == 4 then
 end
 local item = redis.call('HMGET', KEYS[1], 'remaining', 'limit', 'price')
 if not item[1] then return {2} end
+if tonumber(item[1]) < qty then return {4} end
 local limit = tonumber(item[2])
 local bought = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if limit > 0 and bought + qty > limit then return {3} end
-if tonumber(item[1]) < qty then return {4} end
 redis.call('HINCRBY', KEYS[1], 'remaining', -qty)
 redis.call('HINCRBY', KEYS[1], 'accepted', 1)
 redis.call('HINCRBY', KEYS[2], ARGV[1], qty)

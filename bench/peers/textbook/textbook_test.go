@@ -266,6 +266,14 @@ func TestTextbookPeer(t *testing.T) {
 				t.Errorf("user %q body %.40q: %+v, want %d %s", tc.user, tc.body, r, tc.status, tc.problem)
 			}
 		}
+		// Over the limit and without stock: sold out, as on flashgate's edge.
+		c.putSKU("ONE", 1, 1)
+		if r := c.order("z", "", "ONE", 1); r.status != 202 {
+			t.Fatalf("order: %+v", r)
+		}
+		if r := c.order("z", "", "ONE", 1); r.status != 409 || r.problem != "sold-out" {
+			t.Errorf("over the limit and sold out: %+v, want 409 sold-out", r)
+		}
 		// An idempotency key reused with another body.
 		c.putSKU("IDEM", 10, 0)
 		first := c.order("y", "same", "IDEM", 1)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -36,6 +37,7 @@ var (
 	replayDrainMax = flag.Duration("replay.drainTimeout", 2*time.Minute, "replay: -replay.verify waits at most this long for ingest to drain")
 	replayTarget   = flag.String("replay.target", "flashgate", "replay: name of what is replayed against, for the report (e.g. textbook)")
 	replayQuiet    = flag.Bool("replay.quiet", false, "replay: no progress line per second")
+	replayCPUProf  = flag.String("replay.cpuprofile", "", "replay: write the replay's own CPU profile to this file (is the load generator the limit?)")
 )
 
 // runReplay is `flashgate replay`.
@@ -58,6 +60,19 @@ func runReplay(ctx context.Context) error {
 	}
 	if !*replayQuiet {
 		cfg.Progress = os.Stderr
+	}
+	if *replayCPUProf != "" {
+		f, err := os.Create(*replayCPUProf)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
 	}
 	fmt.Fprintf(os.Stderr, "replaying %s against %s (admin %s), run id %s\n", cfg.Trace, cfg.EdgeAddr, orNone(cfg.AdminURL), cfg.RunID)
 	out, err := replay.Run(ctx, cfg)

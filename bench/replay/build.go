@@ -81,8 +81,12 @@ func buildRun(out *Outcome, rec *recorder, scan *traceScan, hot []report.SKUSeri
 	t.Sent = out.Result.Sent
 	t.Duration = rec.lastDone()
 	if s := t.Duration.Seconds(); s > 0 {
-		t.AcceptedRate = float64(t.Outcomes[outAccepted]) / s
 		t.ResponseRate = float64(responses) / s
+	}
+	// Orders are accepted while the stock lasts: the rate is over that time
+	// (the replay's start to the last new order), not over the sold-out tail.
+	if s := rec.lastAccepted().Seconds(); s > 0 {
+		t.AcceptedRate = float64(t.Outcomes[outAccepted]) / s
 	}
 
 	if admin != nil {

@@ -170,7 +170,8 @@ type sample struct {
 // connState is what one connection's OnResponse calls accumulate before
 // handing it to the shared recorder.
 type connState struct {
-	lastDone time.Duration
+	lastDone     time.Duration
+	lastAccepted time.Duration // Done of the last new order id (202) seen
 	samples  []sample
 	lines    []byte // results lines not yet written
 	_        [64]byte
@@ -244,6 +245,9 @@ func (r *recorder) onResponse(conn int, resp *openloop.Response) {
 
 	c := &r.conns[conn]
 	c.lastDone = max(c.lastDone, resp.Done)
+	if out == outAccepted {
+		c.lastAccepted = max(c.lastAccepted, resp.Done)
+	}
 	us := int64((resp.Done - resp.At + time.Microsecond - 1) / time.Microsecond)
 	c.samples = append(c.samples, sample{sec: int32(done), outcome: uint8(out), us: max(us, 1)})
 	if r.results != nil {
@@ -368,6 +372,15 @@ func (r *recorder) lastDone() time.Duration {
 	var d time.Duration
 	for i := range r.conns {
 		d = max(d, r.conns[i].lastDone)
+	}
+	return d
+}
+
+// lastAccepted is when the last new order was accepted (after finish).
+func (r *recorder) lastAccepted() time.Duration {
+	var d time.Duration
+	for i := range r.conns {
+		d = max(d, r.conns[i].lastAccepted)
 	}
 	return d
 }

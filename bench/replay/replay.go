@@ -123,7 +123,7 @@ type Outcome struct {
 	// one the first request with the same key got (an idempotency failure
 	// seen live; Verify checks it again from the results).
 	RetryIDs uint64
-	Skipped  uint64 // cancels of orders that got no id, not sent
+	Skipped  uint64 // polls and cancels of orders that got no id, not sent
 }
 
 // Run replays cfg.Trace. It returns when the trace ended (or ctx was

@@ -25,7 +25,7 @@ type source struct {
 
 	seq     uint64 // records read
 	sent    uint64 // requests made (records minus skipped)
-	skipped uint64 // cancels and polls of orders that have no id
+	skipped uint64 // polls and cancels of orders that got no id
 	err     error  // the trace's read error, if it ended early
 	body    []byte
 	path    []byte
@@ -86,19 +86,16 @@ func (s *source) build(dst []byte, rec *trace.Record) ([]byte, bool) {
 		dst = strconv.AppendInt(dst, int64(len(s.body)), 10)
 		dst = append(dst, "\r\n\r\n"...)
 		return append(dst, s.body...), true
-	case trace.KindPoll:
-		id, ok := s.keys.get(rec.User, rec.Key)
-		if !ok {
-			// The order got no id (refused, or not answered yet): the buyer
-			// looks at their order list instead.
-			return append(s.head(dst, "GET", "/v1/orders?limit=10", rec), "\r\n"...), true
-		}
-		s.path = strconv.AppendUint(append(s.path[:0], "/v1/orders/"...), id, 10)
-		return append(s.head(dst, "GET", string(s.path), rec), "\r\n"...), true
-	case trace.KindCancel:
+	case trace.KindPoll, trace.KindCancel:
+		// A buyer polls or cancels an order they were given; one that got
+		// no id (refused, or not answered yet) has nothing to poll or cancel.
 		id, ok := s.keys.get(rec.User, rec.Key)
 		if !ok {
 			return dst, false
+		}
+		if rec.Kind == trace.KindPoll {
+			s.path = strconv.AppendUint(append(s.path[:0], "/v1/orders/"...), id, 10)
+			return append(s.head(dst, "GET", string(s.path), rec), "\r\n"...), true
 		}
 		s.path = strconv.AppendUint(append(s.path[:0], "/v1/orders/"...), id, 10)
 		s.path = append(s.path, "/cancel"...)

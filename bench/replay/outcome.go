@@ -172,9 +172,9 @@ type sample struct {
 type connState struct {
 	lastDone     time.Duration
 	lastAccepted time.Duration // Done of the last new order id (202) seen
-	samples  []sample
-	lines    []byte // results lines not yet written
-	_        [64]byte
+	samples      []sample
+	lines        []byte // results lines not yet written
+	_            [64]byte
 }
 
 // recorder collects the outcomes of a replay: counts per second and

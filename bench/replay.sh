@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The flash-sale replay benchmark: one trace, replayed open loop with
+# verification against `flashgate dev` and against the textbook stack
+# (bench/peers/textbook: net/http + Redis EVAL + one INSERT per order), each
+# started fresh on this machine. Prints both reports' key figures and the
+# ratios against the goals of the replay issue:
+#   flashgate's accepted orders/s >= 5x the textbook's, its p99 <= 1/5;
+#   every invariant PASS; the accepted orders in PostgreSQL within 60 s.
+#
+#   bash bench/replay.sh [trace]            (default: the 1M-order sale)
+#
+# Env: CONNS (replay connections, default 2000), SPEED (default 1),
+# DEV_ARGS / PEER_ARGS / REPLAY_ARGS (extra flags), KEEP=1 keeps var/bench/replay-*.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+bin=bin/flashgate
+[ -x "$bin" ] || { echo "replay.sh: build first (make build)" >&2; exit 1; }
+need python3 || { echo "replay.sh: needs python3 (the table)" >&2; exit 1; }
+if ! need redis-server; then
+  if [ "$(id -u)" = 0 ] && need apt-get; then
+    echo "installing redis-server (Debian package) for the textbook peer" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null
+  else
+    echo "replay.sh: the textbook peer needs redis-server: sudo apt-get install redis-server" >&2; exit 1
+  fi
+fi
+
+conns=${CONNS:-2000}
+speed=${SPEED:-1}
+mkdir -p var/bench
+trace=${1:-var/bench/sale-1m.trace.zst}
+if [ ! -f "$trace" ]; then
+  "$bin" tracegen -tracegen.out "$trace" >&2
+fi
+out=var/bench/replay-$(date -u +%Y%m%dT%H%M%S)
+mkdir -p "$out"
+make_work
+go build -o "$work/textbook" ./bench/peers/textbook
+
+# wait_file FILE LOG WHAT: wait up to 2 minutes for FILE to appear.
+wait_file() {
+  for _ in $(seq 1 240); do [ -s "$1" ] && return 0; sleep 0.5; done
+  echo "replay.sh: $3 did not start; its log:" >&2; tail -30 "$2" >&2; exit 1
+}
+
+# flashgate dev, defaults (synced broker writes, as the contract says).
+"$bin" dev -data-dir "$work/dev" -edge-addr 127.0.0.1:$(port) -admin-addr 127.0.0.1:$(port) \
+  -kafka-addr 127.0.0.1:$(port) ${DEV_ARGS:-} >"$out/flashgate-dev.log" 2>&1 &
+dev_pid=$!
+pids+=($dev_pid)
+wait_file "$work/dev/dev.env" "$out/flashgate-dev.log" "flashgate dev"
+status=0
+"$bin" replay -replay.env "$work/dev/dev.env" -replay.trace "$trace" -replay.out "$out/flashgate" \
+  -replay.conns "$conns" -replay.speed "$speed" -replay.verify -replay.target flashgate ${REPLAY_ARGS:-} \
+  >"$out/flashgate.txt" 2>"$out/flashgate.log" || status=$?
+kill -INT $dev_pid; wait $dev_pid 2>/dev/null || true
+cat "$out/flashgate.txt"
+
+# The textbook stack: its own redis-server and PostgreSQL cluster.
+edge_port=$(port); admin_port=$(port)
+"$work/textbook" -start-deps "$work/textbook-deps" -addr 127.0.0.1:$edge_port -admin-addr 127.0.0.1:$admin_port \
+  ${PEER_ARGS:-} >"$out/textbook-peer.log" 2>&1 &
+peer_pid=$!
+pids+=($peer_pid)
+for _ in $(seq 1 240); do grep -q '^READY' "$out/textbook-peer.log" && break; sleep 0.5; done
+grep -q '^READY' "$out/textbook-peer.log" || { echo "replay.sh: the textbook peer did not start:" >&2; tail -30 "$out/textbook-peer.log" >&2; exit 1; }
+db=$(grep '^READY' "$out/textbook-peer.log" | tr ' ' '\n' | sed -n 's/^database_url=//p')
+printf 'EDGE_URL=http://127.0.0.1:%s\nADMIN_URL=http://127.0.0.1:%s\nDATABASE_URL=%s\n' "$edge_port" "$admin_port" "$db" >"$work/textbook.env"
+peer_status=0
+"$bin" replay -replay.env "$work/textbook.env" -replay.trace "$trace" -replay.out "$out/textbook" \
+  -replay.conns "$conns" -replay.speed "$speed" -replay.verify -replay.target textbook ${REPLAY_ARGS:-} \
+  >"$out/textbook.txt" 2>"$out/textbook.log" || peer_status=$?
+kill -INT $peer_pid; wait $peer_pid 2>/dev/null || true
+cat "$out/textbook.txt"
+
+python3 - "$out/flashgate/run.json" "$out/textbook/run.json" <<'PY'
+import json, sys
+fg, tb = (json.load(open(p)) for p in sys.argv[1:3])
+def fig(r):
+    t = r["totals"]
+    ing = r.get("ingest") or {}
+    checks = r.get("checks") or []
+    return {
+        "accepted/s": t["accepted_per_s"],
+        "p99 ms": t["latency"]["all"]["p99_us"] / 1000,
+        "duration s": t["duration_ns"] / 1e9,
+        "landed s": (ing.get("drained_ns") or 0) / 1e9,
+        "verify": "PASS" if checks and all(c["pass"] for c in checks) else "FAIL",
+    }
+f, t = fig(fg), fig(tb)
+print()
+print("%-34s %12s %12s %8s %s" % ("figure (same trace, same machine)", "flashgate", "textbook", "ratio", "goal"))
+ra = f["accepted/s"] / t["accepted/s"] if t["accepted/s"] else float("inf")
+rp = t["p99 ms"] / f["p99 ms"] if f["p99 ms"] else float("inf")
+print("%-34s %12.0f %12.0f %7.1fx %s" % ("accepted orders/s", f["accepted/s"], t["accepted/s"], ra, ">= 5x"))
+print("%-34s %12.1f %12.1f %7.1fx %s" % ("p99 latency ms (lower is better)", f["p99 ms"], t["p99 ms"], rp, ">= 5x lower"))
+print("%-34s %12.1f %12.1f %8s %s" % ("replay duration s", f["duration s"], t["duration s"], "", ""))
+print("%-34s %12.1f %12.1f %8s %s" % ("accepted orders in PostgreSQL s", f["landed s"], t["landed s"], "", "<= 60 s (flashgate)"))
+print("%-34s %12s %12s %8s %s" % ("verification", f["verify"], t["verify"], "", "PASS"))
+PY
+echo "reports: $out/flashgate/report.html $out/textbook/report.html"
+if [ "${KEEP:-0}" != 1 ]; then rm -f "$out"/*/results.zst; fi
+[ "$status" = 0 ] || { echo "replay.sh: the flashgate replay failed its verification or did not run (status $status)" >&2; exit 1; }

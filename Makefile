@@ -8,7 +8,7 @@ STATICCHECK_VERSION := v0.8.2
 # Fuzz each target this long in `make fuzz` (CI uses a short time).
 FUZZTIME  ?= 30s
 
-.PHONY: all build run test check fmt vet staticcheck bench bench-http profile fuzz clean deps
+.PHONY: all build run test check fmt vet staticcheck bench bench-http bench-replay profile fuzz clean deps
 
 all: build
 
@@ -43,13 +43,23 @@ staticcheck:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) $(PKGS)
 
 # Benchmarks against their peers, printed as ratios; see bench/README.md.
+# Each script appends its headline figures to $(BENCH_TABLE); the table is
+# printed at the end.
+BENCH_TABLE := var/bench/table.txt
 bench: build
+	mkdir -p var/bench && : > $(BENCH_TABLE)
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 $(PKGS) > bench/out.txt
 	$(GO) run ./tools/benchtable bench/out.txt
-	bash bench/http.sh
-	bash bench/e2e.sh
-	EDGE_ARGS='-kafka.syncWrites=false' bash bench/e2e.sh
-	bash bench/ingest.sh
+	BENCH_TABLE=$(CURDIR)/$(BENCH_TABLE) bash bench/http.sh
+	BENCH_TABLE=$(CURDIR)/$(BENCH_TABLE) bash bench/e2e.sh
+	BENCH_TABLE=$(CURDIR)/$(BENCH_TABLE) EDGE_ARGS='-kafka.syncWrites=false' bash bench/e2e.sh
+	BENCH_TABLE=$(CURDIR)/$(BENCH_TABLE) bash bench/ingest.sh
+	BENCH_TABLE=$(CURDIR)/$(BENCH_TABLE) bash bench/replay.sh
+	@bash bench/table.sh $(BENCH_TABLE)
+
+# The flash-sale replay against flashgate dev and the textbook stack alone.
+bench-replay: build
+	bash bench/replay.sh $(TRACE)
 
 # The edge's HTTP core against nginx only (wrk; installs nginx-light and wrk if missing).
 bench-http: build

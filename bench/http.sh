@@ -77,16 +77,23 @@ done
 
 echo
 printf "%-22s %16s %16s %8s %12s %12s\n" mode "edge req/s" "nginx req/s" ratio "edge p99µs" "nginx p99µs"
-row() { # label edge-file nginx-file
-  local e n ep np
+row() { # label edge-file nginx-file [goal ratio]
+  local e n ep np r
   e=$(cut -d' ' -f1 "$work/$2" | median); n=$(cut -d' ' -f1 "$work/$3" | median)
   ep=$(cut -d' ' -f2 "$work/$2" | median); np=$(cut -d' ' -f2 "$work/$3" | median)
   if [ "$1" = pipeline16 ]; then ep="n/a"; np="n/a"; fi # wrk's percentiles are broken with pipelining
-  printf "%-22s %16.0f %16.0f %7.2fx %12s %12s\n" "$1" "$e" "$n" "$(awk -v a="$e" -v b="$n" 'BEGIN {print a/b}')" "$ep" "$np"
+  r=$(awk -v a="$e" -v b="$n" 'BEGIN {printf "%.2f", a/b}')
+  printf "%-22s %16.0f %16.0f %7.2fx %12s %12s\n" "$1" "$e" "$n" "$r" "$ep" "$np"
+  local goal="-" verdict="-"
+  if [ -n "${4:-}" ]; then
+    goal=">= ${4}x"
+    verdict=$(awk -v r="$r" -v g="$4" 'BEGIN {print (r >= g) ? "PASS" : "FAIL"}')
+  fi
+  table_row "HTTP $1 req/s (1 loop vs 1 nginx worker)" "$(printf %.0f "$e")" "nginx return" "$(printf %.0f "$n")" "${r}x" "$goal" "$verdict"
 }
 row keepalive edge.keepalive nginx.keepalive
 row pipeline16 edge.pipeline16 nginx.pipeline16
-row orders edge.orders nginx.orders
+row orders edge.orders nginx.orders 0.9
 row "orders vs keepalive" edge.orders nginx.keepalive
 echo "(medians of $ROUNDS runs of ${SECS}s; wrk -t1 -c$CONNS on CPU 1, server on CPU 0; p99 from wrk --latency;"
 echo " orders = the same POST /v1/orders requests to both: the edge takes each through parse, identity, rate"

@@ -87,3 +87,13 @@ LUA
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# table_row FIGURE FLASHGATE PEER PEER_VALUE RATIO GOAL VERDICT: one row of
+# the table `make bench` prints at the end (bench/table.sh), appended to
+# $BENCH_TABLE when it is set. RATIO is flashgate's figure against the
+# peer's, "better" direction first (e.g. 0.86x of nginx's req/s, 6.2x lower
+# p99); VERDICT is PASS, FAIL or - (no goal).
+table_row() {
+  [ -n "${BENCH_TABLE:-}" ] || return 0
+  printf '%s|%s|%s|%s|%s|%s|%s\n' "$@" >> "$BENCH_TABLE"
+}

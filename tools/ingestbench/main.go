@@ -32,6 +32,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -260,6 +261,7 @@ func run(ctx context.Context) error {
 		verdict = "FAIL"
 	}
 	fmt.Printf("check: ingest >= 0.8x psql \\copy (medians, same rows, same table, same run): %.2fx %s\n", ing/cp, verdict)
+	tableRow(fmt.Sprintf("ingest rows/s (%d orders)", *orders), fmt.Sprintf("%.0f", ing), "psql \\copy", fmt.Sprintf("%.0f", cp), fmt.Sprintf("%.2fx", ing/cp), ">= 0.8x", verdict)
 	return nil
 }
 
@@ -362,4 +364,20 @@ func median(v []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// tableRow appends a row to the table `make bench` prints at the end
+// ($BENCH_TABLE; see table_row in bench/lib.sh), when it is set.
+func tableRow(fields ...string) {
+	path := os.Getenv("BENCH_TABLE")
+	if path == "" {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ingestbench: BENCH_TABLE:", err)
+		return
+	}
+	defer f.Close()
+	fmt.Fprintln(f, strings.Join(fields, "|"))
 }

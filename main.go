@@ -29,7 +29,7 @@ var (
 	authMode        = flag.String("auth", "dev", "identity: dev (trust X-User-ID) or jwt (verified bearer token, user from sub; see -auth.*)")
 	demo            = flag.Bool("demo", false, "dev: load a demo sale (a few SKUs with stock) unless they exist already")
 	trustProxy      = flag.String("trust-proxy", "127.0.0.0/8", "comma list of CIDRs whose X-Forwarded-For is believed for the client IP")
-	partitions      = flag.Int("kafka.partitions", 6, "partitions of the topics flashgate creates when they are missing")
+	partitions      = flag.Int("kafka.partitions", 6, "partitions of the topics flashgate creates when they are missing (dev's embedded broker: 2 unless given)")
 	hashParts       = flag.Int("ledger.userHashPartitions", -1, "ledger partitions: sub-partition each daily partition of orders made from now on by hash of user_id into this many tables (0: none, at most 64); -1 leaves the layout as it is")
 	payWindow       = flag.Duration("ledger.paymentWindow", 15*time.Minute, "an order not paid within this time after it was placed expires, and its units go back to the sale")
 	expireEvery     = flag.Duration("ledger.expireEvery", time.Second, "ledger expire (and dev): how often the expirer looks for orders past the payment window")

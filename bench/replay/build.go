@@ -3,6 +3,7 @@ package replay
 import (
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 
@@ -83,10 +84,13 @@ func buildRun(out *Outcome, rec *recorder, scan *traceScan, hot []report.SKUSeri
 	if s := t.Duration.Seconds(); s > 0 {
 		t.ResponseRate = float64(responses) / s
 	}
-	// Orders are accepted while the stock lasts: the rate is over that time
-	// (the replay's start to the last new order), not over the sold-out tail.
-	if s := rec.lastAccepted().Seconds(); s > 0 {
-		t.AcceptedRate = float64(t.Outcomes[outAccepted]) / s
+	// Orders are accepted while the stock lasts, then only now and then as
+	// cancelled units are resold: the rate is over the time it took to
+	// accept 99% of them.
+	if h := rec.acceptedAt; h.TotalCount() > 0 {
+		t99 := time.Duration(h.ValueAtQuantile(99)) * time.Millisecond
+		t.AcceptedRate = 0.99 * float64(h.TotalCount()) / t99.Seconds()
+		t.AcceptedT99 = t99
 	}
 
 	if admin != nil {

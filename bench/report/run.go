@@ -77,7 +77,8 @@ type Totals struct {
 	Unsent       uint64        `json:"unsent"`  // due, never written (no free connection before the end)
 	Outcomes     []uint64      `json:"outcomes"`
 	Duration     time.Duration `json:"duration_ns"`     // first request due to last response
-	AcceptedRate float64       `json:"accepted_per_s"`  // new orders (202) per second from the start to the last one
+	AcceptedRate float64       `json:"accepted_per_s"`  // new orders (202) per second while 99% of them were accepted
+	AcceptedT99  time.Duration `json:"accepted_t99_ns"` // when 99% of the new orders had been accepted
 	ResponseRate float64       `json:"responses_per_s"` // responses per second of Duration
 	// Latency by outcome name ("all" plus every Outcomes entry seen).
 	Latency map[string]Percentiles `json:"latency"`

@@ -2,11 +2,18 @@ package report
 
 import (
 	"bytes"
+	"encoding/xml"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 )
+
+var update = flag.Bool("update", false, "rewrite testdata/example.html and example.txt from exampleRun")
 
 // renders are the runs every rendering test goes through.
 func renders() map[string]*Run {
@@ -45,9 +52,140 @@ func hostileRun() *Run {
 	return r
 }
 
+func TestWriteHTML(t *testing.T) {
+	for name, r := range renders() {
+		t.Run(name, func(t *testing.T) {
+			var b bytes.Buffer
+			if err := WriteHTML(&b, r); err != nil {
+				t.Fatal(err)
+			}
+			page := b.String()
+			checkWellFormed(t, page)
+			checkSelfContained(t, page)
+			svgs := svgFragments(page)
+			for _, s := range svgs {
+				checkWellFormed(t, s)
+				for _, bad := range []string{"NaN", "Inf"} {
+					if strings.Contains(s, bad) {
+						t.Errorf("an SVG holds %q", bad)
+					}
+				}
+			}
+			if strings.Contains(page, "NaN") {
+				t.Error("the page holds NaN")
+			}
+			if b.Len() > 300<<10 {
+				t.Errorf("the page is %d KB; want < 300 KB", b.Len()>>10)
+			}
+			wantCharts := map[string]int{"example": 5, "empty": 0, "one-second": 4, "zeros": 4, "ragged": 4, "long": 5, "hostile": 5}
+			if got := len(svgs); got != wantCharts[name] {
+				t.Errorf("%d charts; want %d", got, wantCharts[name])
+			}
+			t.Logf("%d bytes, %d charts", b.Len(), len(svgs))
+		})
+	}
+}
+
+func TestWriteHTMLEscapes(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteHTML(&b, hostileRun()); err != nil {
+		t.Fatal(err)
+	}
+	page := b.String()
+	for _, bad := range []string{"<script", "<img", "</style><"} {
+		if strings.Contains(page, bad) {
+			t.Errorf("the page holds %q: markup from the run got through", bad)
+		}
+	}
+	if !strings.Contains(page, "&lt;script&gt;alert(1)&lt;/script&gt;") {
+		t.Error("the SKU name is not on the page, escaped")
+	}
+}
+
+func TestWriteHTMLSections(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteHTML(&b, exampleRun()); err != nil {
+		t.Fatal(err)
+	}
+	page := b.String()
+	for _, want := range []string{
+		`id="throughput"`, `id="status"`, `id="latency"`, `id="stock"`, `id="ingest"`,
+		`id="verify"`, `id="mix"`, `id="latency-table"`, `id="totals"`, `id="params"`,
+		`<span class="badge fail">FAIL</span>`, `<span class="badge pass">PASS</span>`,
+		"verify: FAIL (1 of 6 failed)", "sku-0417", "sold out at 12s", "accepted-in-ledger",
+		"#2f9e44", // accepted is green
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the page lacks %q", want)
+		}
+	}
+
+	b.Reset()
+	if err := WriteHTML(&b, &Run{Title: "nothing"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, absent := range []string{`id="verify"`, `id="stock"`, `id="ingest"`, `id="params"`, "<svg"} {
+		if strings.Contains(b.String(), absent) {
+			t.Errorf("an empty run's page has %q", absent)
+		}
+	}
+}
+
 // checkWellFormed parses s as XML: every element closed, attributes quoted,
 // no stray '<' or '&'.
+func checkWellFormed(t *testing.T, s string) {
+	t.Helper()
+	d := xml.NewDecoder(strings.NewReader(s))
+	d.Strict = true
+	for {
+		_, err := d.Token()
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			line, col := d.InputPos()
+			lines := strings.Split(s, "\n")
+			ctx := ""
+			if line-1 < len(lines) {
+				ctx = lines[line-1]
+				if len(ctx) > 200 {
+					ctx = ctx[max(col-100, 0):min(col+100, len(ctx))]
+				}
+			}
+			t.Fatalf("not well-formed: %v near %q", err, ctx)
+		}
+	}
+}
+
 // checkSelfContained: nothing on the page points outside it.
+func checkSelfContained(t *testing.T, page string) {
+	t.Helper()
+	const xmlns = `xmlns="http://www.w3.org/2000/svg"`
+	rest := strings.ReplaceAll(page, xmlns, "")
+	for _, bad := range []string{"http://", "https://", "url(", "@import", "<link", `src="`, `href="`, "//cdn"} {
+		if strings.Contains(rest, bad) {
+			i := strings.Index(rest, bad)
+			t.Errorf("the page refers outside itself: %q near %q", bad, rest[max(i-60, 0):min(i+60, len(rest))])
+		}
+	}
+}
+
+func svgFragments(page string) []string {
+	var out []string
+	for {
+		i := strings.Index(page, "<svg")
+		if i < 0 {
+			return out
+		}
+		j := strings.Index(page[i:], "</svg>")
+		if j < 0 {
+			return append(out, page[i:])
+		}
+		out = append(out, page[i:i+j+len("</svg>")])
+		page = page[i+j:]
+	}
+}
+
 func TestWriteText(t *testing.T) {
 	r := exampleRun()
 	var b bytes.Buffer
@@ -108,7 +246,7 @@ func TestWriteTextDegenerate(t *testing.T) {
 	if got := b.String(); !strings.Contains(got, "no responses") || strings.Contains(got, "ingest") {
 		t.Errorf("an empty run:\n%s", got)
 	}
-	if WriteText(&b, nil) == nil || WriteJSON(&b, nil) == nil {
+	if WriteText(&b, nil) == nil || WriteHTML(&b, nil) == nil || WriteJSON(&b, nil) == nil {
 		t.Error("a nil Run rendered without an error")
 	}
 }
@@ -173,5 +311,58 @@ func TestFormat(t *testing.T) {
 
 // TestWriteExample keeps testdata/example.html (open it in a browser) and
 // example.txt in step with the code; -update rewrites them.
+func TestWriteExample(t *testing.T) {
+	var page, text bytes.Buffer
+	if err := WriteHTML(&page, exampleRun()); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteText(&text, exampleRun()); err != nil {
+		t.Fatal(err)
+	}
+	for file, b := range map[string][]byte{"example.html": page.Bytes(), "example.txt": text.Bytes()} {
+		path := filepath.Join("testdata", file)
+		if *update {
+			if err := os.WriteFile(path, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		old, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(old, b) {
+			t.Errorf("%s is out of date: run go test ./bench/report -run TestWriteExample -update", path)
+		}
+	}
+}
+
 // FuzzRender: whatever a run.json holds, rendering it does not panic and
 // the page stays well-formed, with no NaN.
+func FuzzRender(f *testing.F) {
+	var b bytes.Buffer
+	if err := WriteJSON(&b, exampleRun()); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b.Bytes())
+	f.Add([]byte(`{"outcomes":["accepted"],"seconds":[{"t":5,"outcomes":[1,2]},{"t":0,"latency":{"p50_us":-3}}]}`))
+	f.Add([]byte(`{"hot_skus":[{"sku":"<b>","stock":-1,"remaining":[5,-1,0]}],"seconds":[{"t":2}],"checks":[]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := ReadJSON(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		var out bytes.Buffer
+		if err := WriteText(&out, r); err != nil {
+			t.Fatal(err)
+		}
+		out.Reset()
+		if err := WriteHTML(&out, r); err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(out.Bytes(), []byte("NaN")) {
+			t.Fatal("NaN on the page")
+		}
+		checkWellFormed(t, out.String())
+	})
+}

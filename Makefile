@@ -25,8 +25,9 @@ test: deps
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 # Checks that the machine has what the tests need; says how to get it if not.
-# kcat (the outside check of order.created) is installed on Debian when
-# missing; without it that one test skips.
+# kcat (the outside check of order.created) and redis-server (the textbook
+# peer's test) are installed on Debian when missing; without one, its test
+# skips.
 deps:
 	@bash tools/require-postgres.sh
 	@bash tools/install-test-deps.sh

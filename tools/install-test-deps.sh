@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# Installs what optional tests need and this machine lacks: kcat, for
-# TestKcatReadsOrders (which skips without it). It installs only as root on
-# Debian/Ubuntu; anywhere else, or when apt-get fails (no network), it says
-# so and exits 0: a missing kcat skips a test, it does not fail one.
+# Installs what optional tests need and this machine lacks: kcat (for
+# TestKcatReadsOrders, the outside check of order.created) and redis-server
+# (for TestTextbookPeer, the benchmark peer). Each test skips without its
+# tool. It installs only as root on Debian/Ubuntu; anywhere else, or when
+# apt-get fails (no network), it says so and exits 0: a missing tool skips a
+# test, it does not fail one.
 set -uo pipefail
-if command -v kcat >/dev/null 2>&1; then
-  echo "install-test-deps: kcat present ($(command -v kcat)); nothing to do"
+missing=()
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ ${#missing[@]} = 0 ]; then
+  echo "install-test-deps: kcat and redis-server present; nothing to do"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ] || [ ! -f /etc/debian_version ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "install-test-deps: kcat missing and this is not root on Debian/Ubuntu; not installing it (TestKcatReadsOrders will skip; install the kcat package to run it)"
+  echo "install-test-deps: missing ${missing[*]} and this is not root on Debian/Ubuntu; not installing (their tests will skip; install the packages to run them)"
   exit 0
 fi
-echo "install-test-deps: installing kcat with apt-get (for TestKcatReadsOrders)"
-if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat; }; then
-  echo "install-test-deps: apt-get could not install kcat (see above); TestKcatReadsOrders will skip" >&2
+echo "install-test-deps: installing ${missing[*]} with apt-get (for TestKcatReadsOrders / TestTextbookPeer)"
+if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; }; then
+  echo "install-test-deps: apt-get could not install ${missing[*]} (see above); their tests will skip" >&2
 fi
 exit 0

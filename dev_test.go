@@ -84,9 +84,18 @@ func (st *devStack) stop(t *testing.T) {
 
 func doJSON(t *testing.T, method, url, user, body string) (int, map[string]any) {
 	t.Helper()
+	return doJSONKey(t, method, url, user, "", body)
+}
+
+// doJSONKey is doJSON with an Idempotency-Key (none if key is empty).
+func doJSONKey(t *testing.T, method, url, user, key, body string) (int, map[string]any) {
+	t.Helper()
 	req, _ := http.NewRequest(method, url, strings.NewReader(body))
 	if user != "" {
 		req.Header.Set("X-User-ID", user)
+	}
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -235,6 +244,14 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 	ledgerCounts(t, st.env.DatabaseURL, "LIMITED", 3)
 
+	// An order with an Idempotency-Key, retried after the restart: the edge
+	// reloads its keys from the ledger, so the retry gets the same order.
+	putSKU(t, st, "KEYED", 10)
+	code, first := doJSONKey(t, "POST", st.env.EdgeURL+"/v1/orders", "keyed-user", "key-1", `{"sku":"KEYED","qty":2}`)
+	if code != 202 {
+		t.Fatalf("keyed order: %d %v", code, first)
+	}
+
 	st.stop(t)
 	st2 := startDev(t, dir)
 	code, v := doJSON(t, "GET", st2.env.AdminURL+"/admin/v1/skus/E2E-1", "", "")
@@ -243,6 +260,16 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 	if code, _ := doJSON(t, "POST", st2.env.EdgeURL+"/v1/orders", "late", `{"sku":"E2E-1","qty":1}`); code != 409 {
 		t.Fatalf("order after restart on a sold-out SKU: %d, want 409", code)
+	}
+	code, again := doJSONKey(t, "POST", st2.env.EdgeURL+"/v1/orders", "keyed-user", "key-1", `{"sku":"KEYED","qty":2}`)
+	if code != 202 || again["order_id"] != first["order_id"] {
+		t.Fatalf("retry after restart: %d %v; want 202 with the first order %v", code, again, first["order_id"])
+	}
+	if code, v := doJSONKey(t, "POST", st2.env.EdgeURL+"/v1/orders", "keyed-user", "key-1", `{"sku":"KEYED","qty":1}`); code != 422 {
+		t.Fatalf("another order under the key after restart: %d %v, want 422", code, v)
+	}
+	if code, v := doJSON(t, "GET", st2.env.AdminURL+"/admin/v1/skus/KEYED", "", ""); code != 200 || v["remaining"] != float64(8) {
+		t.Fatalf("KEYED after the retry: %d %v, want remaining 8", code, v)
 	}
 	// Purchase counts are rebuilt from the ledger, not reset.
 	if code, v := doJSON(t, "POST", st2.env.EdgeURL+"/v1/orders", "limited-user", `{"sku":"LIMITED","qty":1}`); code != 409 {

@@ -181,8 +181,31 @@ func (s *Server) LoadSaleItems(ctx context.Context) error {
 		item.accepted.Store(it.Orders)
 		item.releaseSeq.Store(it.ReleaseSeq) // releases above it are of orders TakenUnits counts
 	}
-	slog.Info("edge: sale items loaded from the ledger", "skus", len(items), "limited_purchases", pairs)
+	keys, err := s.loadIdempotencyKeys(ctx)
+	if err != nil {
+		return err
+	}
+	slog.Info("edge: sale items loaded from the ledger", "skus", len(items), "limited_purchases", pairs, "idempotency_keys", keys)
 	return nil
+}
+
+// loadIdempotencyKeys puts the ledger's Idempotency-Keys of the current
+// sales into the key cache as answered, with their 202s: a client that
+// retries after the edge restarted (its cache is in memory) gets the order
+// it retries, not a second order that the ledger would cancel as a
+// duplicate. More keys than -edge.idempotencyBytes holds evict the oldest,
+// as in service.
+func (s *Server) loadIdempotencyKeys(ctx context.Context) (int, error) {
+	n := 0
+	var k, body []byte
+	err := ledger.LoadIdempotencyKeys(ctx, s.pool, func(user, key, sku string, qty, orderID int64) error {
+		n++
+		k = appendIdemKey(k[:0], []byte(user), []byte(key))
+		body = appendAccepted(body[:0], orderID, []byte(sku), qty, []byte(user))
+		s.idem.finish(k, s.idem.orderHash([]byte(sku), qty), orderID, body, nil)
+		return nil
+	})
+	return n, err
 }
 
 // Start serves HTTP on cfg.Addr and returns once the listener is up.

@@ -148,6 +148,33 @@ func GetSaleItem(ctx context.Context, q Querier, sku string) (SaleItem, error) {
 	return s, err
 }
 
+// LoadIdempotencyKeys calls fn with each Idempotency-Key of the orders of
+// the sale items' current sales: the user, the key, and the order the key
+// belongs to (the first under it; a later order under the same key was
+// cancelled as a duplicate). The edge loads them at start so that a retry
+// after a restart replays the order it retries instead of making a second.
+func LoadIdempotencyKeys(ctx context.Context, q Querier, fn func(user, key, sku string, qty, orderID int64) error) error {
+	rows, err := q.Query(ctx, `SELECT o.user_id, o.idempotency_key, o.sku, o.qty, o.order_id
+		FROM sale_items s JOIN orders o ON o.sku = s.sku AND o.created_at >= s.sale_started_at
+		JOIN idempotency_keys k ON k.user_id = o.user_id AND k.idempotency_key = o.idempotency_key AND k.order_id = o.order_id
+		WHERE o.idempotency_key IS NOT NULL`)
+	if err != nil {
+		return fmt.Errorf("loading idempotency keys: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var user, key, sku string
+		var qty, id int64
+		if err := rows.Scan(&user, &key, &sku, &qty, &id); err != nil {
+			return err
+		}
+		if err := fn(user, key, sku, qty, id); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
 // LoadPurchases calls fn with the units each user holds of each SKU that has a
 // per-user limit, counting the orders of the SKU's current sale that hold
 // stock (not cancelled or expired), to rebuild the edge's purchase counters

@@ -157,7 +157,7 @@ type Response struct {
 	// it never was) and Done the time the response ended (or the request
 	// failed), all offsets from the run's start; the latency is Done-At.
 	At, Wrote, Done time.Duration
-	Measured bool // the request was due in the measured window (not warm-up)
+	Measured        bool // the request was due in the measured window (not warm-up)
 }
 
 // Runner runs one load: New, then Run once; Progress from any goroutine.

@@ -129,15 +129,7 @@ func TestReplayVerifies(t *testing.T) {
 		t.Fatalf("verification failed on an honest run:\n%s", sb.String())
 	}
 	tot := out.Run.Totals
-	outcome := func(name string) uint64 {
-		for i, n := range out.Run.Outcomes {
-			if n == name {
-				return tot.Outcomes[i]
-			}
-		}
-		t.Fatalf("no outcome %q", name)
-		return 0
-	}
+	outcome := func(name string) uint64 { return tot.Outcomes[outcomeIndex(t, out.Run, name)] }
 	// The trace must have exercised what it is for: sales, sell-outs,
 	// replayed retries, limits and polls.
 	for _, name := range []string{"accepted", "sold-out", "replayed", "purchase-limit", "ok"} {
@@ -189,4 +181,16 @@ func TestReplayVerifies(t *testing.T) {
 	if replay.Passed(out.Run) {
 		t.Error("verification passed on a broken ledger")
 	}
+}
+
+// outcomeIndex is the index of the outcome name in run.Outcomes.
+func outcomeIndex(t *testing.T, run *report.Run, name string) int {
+	t.Helper()
+	for i, n := range run.Outcomes {
+		if n == name {
+			return i
+		}
+	}
+	t.Fatalf("no outcome %q", name)
+	return -1
 }

@@ -18,6 +18,11 @@ type Config struct {
 	KafkaOpts []kgo.Opt
 	Group     string // consumer group; all ingest processes share it
 	Workers   int    // consumer clients in this process
+	// SessionTimeout: a worker that stops heartbeating (its process was
+	// killed) keeps its partitions, unconsumed, this long before the group
+	// hands them to the others or to its own restart. Heartbeats run beside
+	// the batches, so a slow COPY does not count against it.
+	SessionTimeout time.Duration
 
 	// A batch (one COPY, one transaction) closes at BatchRows rows or
 	// BatchBytes record bytes, or BatchAge after its first record: big
@@ -42,7 +47,8 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Group:               "flashgate-ingest",
-		Workers:             2, // two COPYs in flight: one batch decodes while the other is in PostgreSQL (bench/ingest.sh: 0.95x psql \copy against 0.6x with one)
+		SessionTimeout:      10 * time.Second, // Kafka's 45 s default held a killed worker's partitions 30-45 s (TestFaultSchedule); 10 s is 3 heartbeats
+		Workers:             2,                // two COPYs in flight: one batch decodes while the other is in PostgreSQL (bench/ingest.sh: 0.95x psql \copy against 0.6x with one)
 		BatchRows:           5000,
 		BatchBytes:          4 << 20, // ~20K orders of ~200 bytes: rows close batches first
 		BatchAge:            50 * time.Millisecond,
@@ -62,6 +68,7 @@ func init() {
 	flag.IntVar(&flagConfig.PartitionsAheadDays, "ingest.partitionsAhead", flagConfig.PartitionsAheadDays, "daily partitions of orders made ahead of today")
 	flag.IntVar(&flagConfig.RetentionDays, "ingest.retentionDays", flagConfig.RetentionDays, "detach (CONCURRENTLY) the daily partitions of orders older than this many days, never one holding orders of a sale still in sale_items; detached partitions stay as tables to archive and drop; 0 keeps all")
 	flag.BoolVar(&flagConfig.Relay, "ingest.relay", flagConfig.Relay, "also publish the ledger's outbox (order events, stock releases) to Kafka; several processes may, one at a time")
+	flag.DurationVar(&flagConfig.SessionTimeout, "ingest.sessionTimeout", flagConfig.SessionTimeout, "how long a worker that stopped heartbeating (a crashed process) holds its partitions before they move; the broker bounds it (group.min/max.session.timeout.ms)")
 	flag.StringVar(&flagConfig.Group, "ingest.group", flagConfig.Group, "Kafka consumer group of the ingest workers")
 }
 
@@ -82,6 +89,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("ingest: -ingest.retentionDays must be 0 (keep all) or positive")
 	case c.BatchAge <= 0:
 		return fmt.Errorf("ingest: -ingest.batchAge must be positive")
+	case c.SessionTimeout < 6*time.Second:
+		return fmt.Errorf("ingest: -ingest.sessionTimeout must be at least 6s (two heartbeats of 3 s, and Kafka's group.min.session.timeout.ms)")
 	}
 	return nil
 }

@@ -176,6 +176,7 @@ func newWorker(s *Service, id int) (*worker, error) {
 	cl, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(s.cfg.Brokers...),
 		kgo.ConsumerGroup(s.cfg.Group),
+		kgo.SessionTimeout(s.cfg.SessionTimeout),
 		kgo.ConsumeTopics(broker.TopicOrderCreated),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.DisableAutoCommit(),

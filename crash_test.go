@@ -52,35 +52,32 @@ func tortureSeed(t *testing.T) uint64 {
 	return seed
 }
 
-// devProcess is `flashgate dev` in a process of its own, on fixed addresses
-// and one data dir, so that it can be killed and started again in place.
-type devProcess struct {
+// child is a `flashgate` subcommand in a process of its own, so that it can
+// be killed with SIGKILL and started again in place (same flags, addresses
+// and data).
+type child struct {
 	t      *testing.T
-	dir    string
+	name   string
 	args   []string
+	ready  func() bool // it serves (nil: as soon as it started)
 	log    *os.File
 	cmd    *exec.Cmd  // the running process, nil when there is none
 	exited chan error // cmd's exit
-	env    map[string]string
 }
 
-func newDevProcess(t *testing.T, dir string, extra ...string) *devProcess {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	args := []string{"dev", "-data-dir", dir, "-edge-addr", freeAddr(t), "-admin-addr", freeAddr(t), "-kafka-addr", freeAddr(t)}
-	logf, err := os.Create(filepath.Join(dir, "dev.log"))
+func newChild(t *testing.T, logPath string, ready func() bool, args ...string) *child {
+	logf, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &devProcess{t: t, dir: dir, args: append(args, extra...), log: logf}
+	p := &child{t: t, name: "flashgate " + args[0], args: args, ready: ready, log: logf}
 	t.Cleanup(func() {
 		if p.cmd != nil {
 			p.cmd.Process.Signal(syscall.SIGINT)
 			select {
 			case <-p.exited:
 			case <-time.After(time.Minute):
-				t.Errorf("flashgate dev did not stop within a minute of SIGINT; its log:\n%s", p.tail())
+				t.Errorf("%s did not stop within a minute of SIGINT; its log:\n%s", p.name, p.tail())
 				p.cmd.Process.Kill()
 				<-p.exited
 			}
@@ -90,12 +87,10 @@ func newDevProcess(t *testing.T, dir string, extra ...string) *devProcess {
 	return p
 }
 
-// start starts the process and waits until it wrote dev.env (it serves).
-func (p *devProcess) start() {
+// start starts the process and waits until it is ready.
+func (p *child) start() {
 	t := p.t
 	t.Helper()
-	envPath := filepath.Join(p.dir, "dev.env")
-	os.Remove(envPath)
 	fmt.Fprintf(p.log, "\n==== start %s\n", time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childArgsEnv+"="+strings.Join(p.args, "\x1f"))
@@ -107,25 +102,21 @@ func (p *devProcess) start() {
 	p.cmd, p.exited = cmd, make(chan error, 1)
 	go func(exited chan<- error) { exited <- cmd.Wait() }(p.exited)
 	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		if env, err := readEnvFile(envPath); err == nil && env["ADMIN_URL"] != "" {
-			p.env = env
-			return
-		}
+	for p.ready != nil && !p.ready() {
 		select {
 		case err := <-p.exited:
 			p.cmd = nil
-			t.Fatalf("flashgate dev exited before it was ready (%v); its log:\n%s", err, p.tail())
+			t.Fatalf("%s exited before it was ready (%v); its log:\n%s", p.name, err, p.tail())
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("flashgate dev not ready after 2 minutes; its log:\n%s", p.tail())
+			t.Fatalf("%s not ready after 2 minutes; its log:\n%s", p.name, p.tail())
 		}
 	}
 }
 
 // kill9 kills the process with SIGKILL and waits for it to be gone.
-func (p *devProcess) kill9() {
+func (p *child) kill9() {
 	fmt.Fprintf(p.log, "\n==== kill -9 %s\n", time.Now().Format(time.RFC3339Nano))
 	p.cmd.Process.Kill()
 	<-p.exited
@@ -133,12 +124,34 @@ func (p *devProcess) kill9() {
 }
 
 // tail is the end of the process's log.
-func (p *devProcess) tail() string {
+func (p *child) tail() string {
 	b, _ := os.ReadFile(p.log.Name())
 	if len(b) > 8000 {
 		b = b[len(b)-8000:]
 	}
 	return string(b)
+}
+
+// devChild is `flashgate dev` on fresh addresses and dir; env returns the
+// dev.env of the running process (PostgreSQL may change ports on a restart).
+func devChild(t *testing.T, dir string) (p *child, env func() map[string]string) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	envPath := filepath.Join(dir, "dev.env")
+	var cur map[string]string
+	ready := func() bool {
+		e, err := readEnvFile(envPath)
+		if err != nil || e["ADMIN_URL"] == "" {
+			return false
+		}
+		os.Remove(envPath) // the next start writes its own
+		cur = e
+		return true
+	}
+	p = newChild(t, filepath.Join(dir, "dev.log"), ready,
+		"dev", "-data-dir", dir, "-edge-addr", freeAddr(t), "-admin-addr", freeAddr(t), "-kafka-addr", freeAddr(t))
+	return p, func() map[string]string { return cur }
 }
 
 // TestKillNineMidSale replays a flash sale against `flashgate dev` and kills
@@ -160,10 +173,10 @@ func TestKillNineMidSale(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 9))
 	dir := testenv.TempDir(t)
 	tracePath := filepath.Join(dir, "sale.trace.zst")
-	writeTestTrace(t, tracePath, seed, 16000) // ~8 s at speed 1
-	dev := newDevProcess(t, filepath.Join(dir, "dev"))
+	writeTestTrace(t, tracePath, seed, 16000, 60) // ~8 s at speed 1
+	dev, devEnv := devChild(t, filepath.Join(dir, "dev"))
 	dev.start()
-	env := dev.env
+	env := devEnv()
 
 	ctx := context.Background()
 	type result struct {
@@ -204,12 +217,30 @@ func TestKillNineMidSale(t *testing.T) {
 	if res.err != nil {
 		t.Fatalf("replay: %v", res.err)
 	}
-	out := res.out
-	env = dev.env // PostgreSQL may be on another port after a restart
-	vc := replay.VerifyConfig{DatabaseURL: env["DATABASE_URL"], KafkaBrokers: []string{env["KAFKA_BROKERS"]},
+	env = devEnv() // PostgreSQL may be on another port after a restart
+	checkAfterFaults(t, res.out, env["DATABASE_URL"], env["KAFKA_BROKERS"], env["ADMIN_URL"], seed, dev)
+}
+
+// checkAfterFaults verifies a replay that ran through faults: the seven
+// invariants of the replay's verification PASS, orders were accepted, and
+// each SKU's stock on the edge matches the ledger's orders (rebuilt after a
+// restart, not reset; every cancel's release applied once). logs are shown
+// when it fails.
+func checkAfterFaults(t *testing.T, out *replay.Outcome, dbURL, kafka, adminURL string, seed uint64, logs ...*child) {
+	t.Helper()
+	ctx := context.Background()
+	explain := func() string {
+		var sb strings.Builder
+		fmt.Fprintf(&sb, "seed %d", seed)
+		for _, c := range logs {
+			fmt.Fprintf(&sb, "\n---- %s log:\n%s", c.name, c.tail())
+		}
+		return sb.String()
+	}
+	vc := replay.VerifyConfig{DatabaseURL: dbURL, KafkaBrokers: []string{kafka},
 		Group: ingest.DefaultConfig().Group, DrainTimeout: 2 * time.Minute}
 	if err := replay.Verify(ctx, out, vc); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v (%s)", err, explain())
 	}
 	var sb strings.Builder
 	if err := report.WriteText(&sb, out.Run); err != nil {
@@ -217,26 +248,24 @@ func TestKillNineMidSale(t *testing.T) {
 	}
 	t.Log("\n" + sb.String())
 	if !replay.Passed(out.Run) {
-		t.Fatalf("an invariant broke across kill -9 and restart (seed %d); dev log:\n%s", seed, dev.tail())
+		t.Fatalf("an invariant broke under faults (%s)", explain())
 	}
 	if out.Run.Totals.Outcomes[outcomeIndex(t, out.Run, "accepted")] == 0 {
 		t.Fatal("no order was accepted: the test sold nothing")
 	}
 
-	// The edge's stock of every SKU matches the ledger's orders: rebuilt,
-	// not reset, and every cancel's release applied once.
-	pool, err := ledger.Open(ctx, env["DATABASE_URL"], 2)
+	pool, err := ledger.Open(ctx, dbURL, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	adm, err := broker.NewAdmin([]string{env["KAFKA_BROKERS"]})
+	adm, err := broker.NewAdmin([]string{kafka})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer adm.Close()
 	var buf bytes.Buffer
-	target := reconcileTarget{pool: pool, adm: adm, group: ingest.DefaultConfig().Group, edges: []string{env["ADMIN_URL"]}}
+	target := reconcileTarget{pool: pool, adm: adm, group: ingest.DefaultConfig().Group, edges: []string{adminURL}}
 	deadline := time.Now().Add(time.Minute)
 	for {
 		buf.Reset()
@@ -245,10 +274,10 @@ func TestKillNineMidSale(t *testing.T) {
 			t.Fatal(err)
 		}
 		if diffs == 0 && !strings.Contains(buf.String(), "in flight") {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the edge's stock differs from the ledger (seed %d):\n%s", seed, buf.String())
+			t.Fatalf("the edge's stock differs from the ledger (%s):\n%s", explain(), buf.String())
 		}
 		time.Sleep(500 * time.Millisecond)
 	}

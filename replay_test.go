@@ -19,10 +19,11 @@ import (
 	"github.com/flashgate/flashgate/lib/testenv"
 )
 
-// writeTestTrace writes a small flash sale: scarce stock on a few SKUs,
+// writeTestTrace writes a small flash sale: scarce stock (up to maxStock
+// units) on a few SKUs,
 // per-user limits on half of them, retries with the same key, polls,
 // cancels, and a bot hammering from one address.
-func writeTestTrace(t *testing.T, path string, seed uint64, records int) {
+func writeTestTrace(t *testing.T, path string, seed uint64, records, maxStock int) {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, 1))
 	var h trace.Header
@@ -32,7 +33,7 @@ func writeTestTrace(t *testing.T, path string, seed uint64, records int) {
 		if i%2 == 0 {
 			lim = 2
 		}
-		h.Items = append(h.Items, trace.Item{SKU: fmt.Sprintf("sku-%02d", i), Stock: int64(rng.IntN(60)), PerUserLimit: lim, PriceCents: 999})
+		h.Items = append(h.Items, trace.Item{SKU: fmt.Sprintf("sku-%02d", i), Stock: int64(rng.IntN(maxStock)), PerUserLimit: lim, PriceCents: 999})
 	}
 	f, err := os.Create(path)
 	if err != nil {
@@ -105,7 +106,7 @@ func TestReplayVerifies(t *testing.T) {
 	dir := testenv.TempDir(t)
 	st := startDev(t, filepath.Join(dir, "dev"))
 	tracePath := filepath.Join(dir, "sale.trace.zst")
-	writeTestTrace(t, tracePath, 7, 6000)
+	writeTestTrace(t, tracePath, 7, 6000, 60)
 
 	ctx := context.Background()
 	out, err := replay.Run(ctx, replay.Config{

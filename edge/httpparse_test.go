@@ -141,6 +141,9 @@ func FuzzParseRequest(f *testing.F) {
 	} {
 		f.Add([]byte(s), byte(7))
 	}
+	for _, c := range smugglingCorpus {
+		f.Add([]byte(c.req), byte(3))
+	}
 	f.Fuzz(func(t *testing.T, data []byte, chunk byte) {
 		// A parse never reads past its input: parse a copy whose capacity
 		// ends exactly at its length, so any overread would panic.

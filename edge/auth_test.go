@@ -103,6 +103,7 @@ func TestJWTNeedsAKey(t *testing.T) {
 
 // With --auth jwt the order's user is the token's subject; X-User-ID is ignored.
 func TestOrdersWithJWT(t *testing.T) {
+	logs := captureLogs(t)
 	secret := []byte(strings.Repeat("k", 32))
 	kf := testenv.Broker(t, 1)
 	s := startTestEdge(t, kf, "J-1", 5, func(c *Config) {
@@ -134,4 +135,6 @@ func TestOrdersWithJWT(t *testing.T) {
 			t.Errorf("auth %.20q: %d %s, want %d", c.auth, resp.StatusCode, b, c.want)
 		}
 	}
+	// Neither the tokens (good or bad) nor the key reach the logs.
+	logs.assertNotLogged(t, tok, tok[strings.LastIndexByte(tok, '.')+1:], string(secret))
 }

@@ -376,6 +376,7 @@ func TestPipelineFloodIsBounded(t *testing.T) {
 // Off loopback the admin plane needs a token; with one, requests without it
 // get 401.
 func TestAdminToken(t *testing.T) {
+	logs := captureLogs(t)
 	kf := testenv.Broker(t, 1)
 	s := startTestEdge(t, kf, "A-1", 1)
 	if _, err := StartAdminWithToken("0.0.0.0:0", "", s); err == nil || !strings.Contains(err.Error(), "needs a token") {
@@ -403,6 +404,7 @@ func TestAdminToken(t *testing.T) {
 			t.Errorf("Authorization %q: %d, want %d", c.auth, resp.StatusCode, c.want)
 		}
 	}
+	logs.assertNotLogged(t, "s3cret")
 }
 
 // Past a user's burst orders get 429 with Retry-After and the RateLimit

@@ -154,6 +154,8 @@ func TestCancelReleasesStock(t *testing.T) {
 // Signed payment webhooks pay an order once; bad, stale, replayed and
 // misdirected ones are refused with their own 4xx and change nothing.
 func TestPaymentWebhook(t *testing.T) {
+	logs := captureLogs(t)
+	defer func() { logs.assertNotLogged(t, string(webhookSecret)) }()
 	s := startLifecycle(t, "PAY-1", 10)
 	code, body := call(t, s, "POST", "/v1/orders", "payer", nil, `{"sku":"PAY-1","qty":2}`)
 	if code != 202 {

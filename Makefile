@@ -8,7 +8,7 @@ STATICCHECK_VERSION := v0.8.2
 # Fuzz each target this long in `make fuzz` (CI uses a short time).
 FUZZTIME  ?= 30s
 
-.PHONY: all build run test check fmt vet staticcheck bench bench-http bench-replay profile fuzz clean deps
+.PHONY: all build run test torture check fmt vet staticcheck bench bench-http bench-replay profile fuzz clean deps
 
 all: build
 
@@ -23,6 +23,12 @@ run: build
 # start their own PostgreSQL cluster and embedded Kafka broker on loopback.
 test: deps
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+# The fault schedules of `make test` at full length: outages of 10 s, every
+# fault twice, a longer sale (faults_test.go, crash_test.go). A failing run
+# prints FLASHGATE_TORTURE_SEED, which replays its schedule.
+torture: deps
+	FLASHGATE_TORTURE=long $(GO) test -race -count=1 -timeout 30m -run 'TestFaultSchedule|TestKillNineMidSale' -v .
 
 # Checks that the machine has what the tests need; says how to get it if not.
 # kcat (the outside check of order.created) and redis-server (the textbook

@@ -48,7 +48,12 @@ type connState struct {
 	wheelAt      int64 // tick it is filed under in the timer wheel
 	partialSince int64 // tick of the first byte of an incomplete request; 0 = none
 
-	slots []slot // ring of MaxPipeline slots
+	// slots is a ring of MaxPipeline slots, each made the first time the
+	// pipeline is that deep (then kept: no allocation per request). The
+	// ring restarts at 0 whenever it is empty, so a connection that never
+	// pipelines holds one slot, not MaxPipeline (10K idle or slowloris
+	// connections: 10 MiB instead of 290 MiB).
+	slots []*slot
 	head  int
 	n     int // slots in use, from head
 
@@ -64,13 +69,7 @@ type connState struct {
 }
 
 func newConnState(srv *Server, c gnet.Conn, shard *shard, peer netip.Addr) *connState {
-	cs := &connState{srv: srv, c: c, shard: shard, peer: peer, slots: make([]slot, srv.cfg.MaxPipeline)}
-	for i := range cs.slots {
-		s := &cs.slots[i]
-		s.cs = cs
-		s.promise = s.onProduced
-	}
-	return cs
+	return &connState{srv: srv, c: c, shard: shard, peer: peer, slots: make([]*slot, srv.cfg.MaxPipeline)}
 }
 
 // push takes the next slot in request order. The caller checks room.
@@ -78,7 +77,13 @@ func (cs *connState) push() *slot {
 	if cs.n == len(cs.slots) {
 		panic("BUG: pipeline slots exhausted")
 	}
-	s := &cs.slots[(cs.head+cs.n)%len(cs.slots)]
+	i := (cs.head + cs.n) % len(cs.slots)
+	s := cs.slots[i]
+	if s == nil {
+		s = &slot{cs: cs}
+		s.promise = s.onProduced
+		cs.slots[i] = s
+	}
 	cs.n++
 	cs.srv.queued.Add(1)
 	return s
@@ -111,7 +116,7 @@ func (cs *connState) problem(status int, name, detail string, h respHeader) {
 // flushReady moves the ready responses at the head of the queue to out.
 func (cs *connState) flushReady() {
 	for cs.n > 0 {
-		s := &cs.slots[cs.head]
+		s := cs.slots[cs.head]
 		if s.state.Load() != slotReady {
 			return
 		}
@@ -128,6 +133,9 @@ func (cs *connState) flushReady() {
 		s.state.Store(slotFree)
 		cs.head = (cs.head + 1) % len(cs.slots)
 		cs.n--
+		if cs.n == 0 {
+			cs.head = 0 // reuse the slots made already
+		}
 		cs.srv.queued.Add(-1)
 		if closeAfter {
 			cs.closeNow = true

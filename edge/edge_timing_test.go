@@ -61,7 +61,7 @@ func BenchmarkParseRequest(b *testing.B) {
 func TestServeFixedZeroAllocs(t *testing.T) {
 	s := &Server{cfg: DefaultConfig()}
 	s.lim = s.cfg.parseLimits()
-	cs := &connState{srv: s, slots: make([]slot, 4), out: make([]byte, 0, 4096)}
+	cs := &connState{srv: s, slots: make([]*slot, 4), out: make([]byte, 0, 4096)}
 	in := []byte("GET /healthz HTTP/1.1\r\nHost: x\r\nUser-Agent: wrk\r\n\r\n")
 	allocs := testing.AllocsPerRun(1000, func() {
 		n, st := parseRequest(in, &cs.req, &s.lim)

@@ -355,13 +355,17 @@ func (s *Server) OnClose(c gnet.Conn, _ error) gnet.Action {
 		s.conns.Add(-1)
 		connsOpen.Dec()
 		cs.closed.Store(true)
-		for i := range cs.slots {
-			if st := cs.slots[i].stream; st != nil {
-				s.events.remove(st)
+		for _, sl := range cs.slots {
+			if sl != nil && sl.stream != nil {
+				s.events.remove(sl.stream)
 			}
 		}
 		s.queued.Add(-int64(cs.n)) // their completions find the connection closed
 		cs.n = 0
+		// The timer wheel may hold cs until its deadline: let its buffers go
+		// now (a pipelining flood leaves up to -edge.maxOutputBytes in out).
+		// Slots still waiting for Kafka are kept alive by their promises.
+		cs.slots, cs.out, cs.scratch, cs.hdr = nil, nil, nil, nil
 	}
 	return gnet.None
 }

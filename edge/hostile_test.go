@@ -28,13 +28,13 @@ const attackEnv = "FLASHGATE_TEST_ATTACK"
 
 // attackCounts is what the attacker saw, printed as JSON when it stops.
 type attackCounts struct {
-	SlowOpen    int64 // slowloris connections open at the end
-	SlowPeak    int64 // most open at once
-	SlowClosed  int64 // closed by the edge (408 and close)
-	Status431   int64 // header floods refused
-	Status413   int64 // huge bodies refused
-	PipeClosed  int64 // pipelining floods cut off by the edge
-	DialErrors  int64
+	SlowOpen   int64 // slowloris connections open at the end
+	SlowPeak   int64 // most open at once
+	SlowClosed int64 // closed by the edge (408 and close)
+	Status431  int64 // header floods refused
+	Status413  int64 // huge bodies refused
+	PipeClosed int64 // pipelining floods cut off by the edge
+	DialErrors int64
 }
 
 // attack runs until its stdin closes: slowloris connections that send a

@@ -70,10 +70,13 @@ func runEdge(ctx context.Context) error {
 	}
 	cfg := edgeConfigFromFlags()
 	cfg.Brokers, cfg.KafkaOpts = brokers, opts
-	e, err := startEdge(ctx, cfg, pool, reads, adm, ingest.FlagConfig().Group, *adminAddr)
+	e, err := startEdge(ctx, cfg, pool, reads, adm, ingest.FlagConfig().Group, *adminAddr, *handoverFrom)
 	if err != nil {
 		return err
 	}
+	ctx, shutdown := context.WithCancel(ctx)
+	defer shutdown()
+	e.admin.OnShutdown(shutdown) // the next edge's handover ends this one
 	<-ctx.Done()
 	e.stop()
 	return nil

@@ -219,7 +219,7 @@ func runDev(ctx context.Context, o devOptions, ready func(devEnv)) (err error) {
 		}
 		o.Edge.Payments, hookSecret, hookProvider = []payment.Provider{p}, secret, p.Name()
 	}
-	e, err := startEdge(ctx, o.Edge, pool, nil, adm, o.Ingest.Group, o.AdminAddr)
+	e, err := startEdge(ctx, o.Edge, pool, nil, adm, o.Ingest.Group, o.AdminAddr, "")
 	if err != nil {
 		return err
 	}
@@ -284,7 +284,9 @@ type runningEdge struct {
 
 // startEdge waits until ingest has every accepted order in the ledger, rebuilds
 // the sale table from it, then serves the edge and the admin plane.
-func startEdge(ctx context.Context, cfg edge.Config, pool, reads *pgxpool.Pool, adm *kgo.Client, group, adminAddr string) (*runningEdge, error) {
+// With handoverFrom (the admin URL of the edge serving on the same address)
+// it takes over from that edge: see edge.HandoverDrain.
+func startEdge(ctx context.Context, cfg edge.Config, pool, reads *pgxpool.Pool, adm *kgo.Client, group, adminAddr, handoverFrom string) (*runningEdge, error) {
 	cfg.IngestGroup = group // reconciliation waits for it
 	srv, err := edge.New(cfg, pool)
 	if err != nil {
@@ -292,6 +294,13 @@ func startEdge(ctx context.Context, cfg edge.Config, pool, reads *pgxpool.Pool, 
 	}
 	if reads != nil {
 		srv.SetReadPool(reads)
+	}
+	if handoverFrom != "" {
+		slog.Info("edge: handover: draining the edge at " + handoverFrom)
+		if err := edge.HandoverDrain(ctx, handoverFrom, edge.AdminToken()); err != nil {
+			srv.Close()
+			return nil, err
+		}
 	}
 	err = ingest.WaitCaughtUp(ctx, adm, group, 2*time.Minute)
 	if err == nil {
@@ -310,6 +319,13 @@ func startEdge(ctx context.Context, cfg edge.Config, pool, reads *pgxpool.Pool, 
 		return nil, err
 	}
 	slog.Info("edge: serving", "addr", cfg.Addr, "admin", a.Addr())
+	if handoverFrom != "" {
+		if err := edge.HandoverShutdown(ctx, handoverFrom, edge.AdminToken(), *handoverGrace); err != nil {
+			slog.Warn("edge: handover: the old edge did not take the shutdown; stop it yourself (it takes no orders)", "err", err)
+		} else {
+			slog.Info("edge: handover: serving; the old edge shuts down", "grace", *handoverGrace)
+		}
+	}
 	return &runningEdge{srv: srv, admin: a}, nil
 }
 

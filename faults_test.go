@@ -44,57 +44,7 @@ func TestFaultSchedule(t *testing.T) {
 	}
 	dir := testenv.TempDir(t)
 	ctx := context.Background()
-
-	pgLog, err := os.Create(filepath.Join(dir, "pg.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pgLog.Close()
-	pg, err := pgcluster.Start(ctx, pgcluster.Options{Dir: filepath.Join(dir, "pg"), NoFsync: true, Log: pgLog})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pg.Stop() })
-	dbURL := pg.URL()
-	pool, err := prepareLedger(ctx, dbURL, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool.Close()
-
-	kafkaAddr, kafkaDir := freeAddr(t), filepath.Join(dir, "kafka")
-	startBroker := func() *broker.Embedded {
-		for i := 0; ; i++ {
-			kf, err := broker.StartEmbedded(kafkaAddr, kafkaDir, 2, true)
-			if err == nil {
-				return kf
-			}
-			if i == 50 {
-				t.Fatal(err)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	kf := startBroker()
-	t.Cleanup(func() { kf.Close() })
-
-	backends := []string{"-kafka-brokers", kafkaAddr, "-database-url", dbURL}
-	ing := newChild(t, filepath.Join(dir, "ingest.log"), nil, append([]string{"ingest"}, backends...)...)
-	edgeAddr, adminAddr := freeAddr(t), freeAddr(t)
-	adminURL := "http://" + adminAddr
-	edgeReady := func() bool {
-		resp, err := http.Get(adminURL + "/admin/v1/status")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	}
-	ed := newChild(t, filepath.Join(dir, "edge.log"), edgeReady,
-		append([]string{"edge", "-edge-addr", edgeAddr, "-admin-addr", adminAddr}, backends...)...)
-	ing.start()
-	ed.start()
-
+	st := startSplitStack(t, dir)
 	faults := []string{"kill -9 edge", "kill -9 ingest", "PostgreSQL down", "broker down"}
 	rng.Shuffle(len(faults), func(i, j int) { faults[i], faults[j] = faults[j], faults[i] })
 	records := 50000 // ~25 s at speed 1: longer than the faults
@@ -112,7 +62,7 @@ func TestFaultSchedule(t *testing.T) {
 	done := make(chan result, 1)
 	go func() {
 		out, err := replay.Run(ctx, replay.Config{
-			Trace: tracePath, EdgeAddr: edgeAddr, AdminURL: adminURL,
+			Trace: tracePath, EdgeAddr: st.edgeAddr, AdminURL: st.adminURL,
 			Conns: 32, OutDir: filepath.Join(dir, "out"), Timeout: 15 * time.Second, Drain: 15 * time.Second,
 		})
 		done <- result{out, err}
@@ -134,30 +84,30 @@ func TestFaultSchedule(t *testing.T) {
 		t.Logf("%s for %v", f, down)
 		switch f {
 		case "kill -9 edge":
-			ed.kill9()
+			st.edge.kill9()
 			time.Sleep(down)
-			ed.start()
+			st.edge.start()
 		case "kill -9 ingest":
-			ing.kill9()
+			st.ing.kill9()
 			time.Sleep(down)
-			ing.start()
+			st.ing.start()
 		case "PostgreSQL down":
-			stop := pg.Stop
+			stop := st.pg.Stop
 			if rng.IntN(2) == 0 {
-				stop = pg.Kill
+				stop = st.pg.Kill
 			}
 			stop()
 			time.Sleep(down)
-			if err := pg.Restart(ctx); err != nil {
+			if err := st.pg.Restart(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if pg.URL() != dbURL {
-				t.Fatalf("PostgreSQL came back on another port (%s): the processes cannot follow", pg.URL())
+			if st.pg.URL() != st.dbURL {
+				t.Fatalf("PostgreSQL came back on another port (%s): the processes cannot follow", st.pg.URL())
 			}
 		case "broker down":
-			kf.Close()
+			st.kf.Close()
 			time.Sleep(down)
-			kf = startBroker()
+			st.kf = st.startBroker()
 		}
 	}
 	if !finished {
@@ -166,14 +116,144 @@ func TestFaultSchedule(t *testing.T) {
 	if res.err != nil {
 		t.Fatalf("replay: %v", res.err)
 	}
-	checkAfterFaults(t, res.out, dbURL, kafkaAddr, adminURL, seed, ed, ing)
+	checkAfterFaults(t, res.out, st.dbURL, st.kafkaAddr, st.adminURL, seed, st.edge, st.ing)
 
 	// Back to normal by itself: a new sale item sells.
 	sku := res.out.Config.Prefix() + "after-the-faults"
-	if code, v := doJSON(t, "PUT", adminURL+"/admin/v1/skus/"+sku, "", `{"stock":5,"price_cents":100,"per_user_limit":0}`); code != 200 {
+	if code, v := doJSON(t, "PUT", st.adminURL+"/admin/v1/skus/"+sku, "", `{"stock":5,"price_cents":100,"per_user_limit":0}`); code != 200 {
 		t.Fatalf("PUT %s: %d %v", sku, code, v)
 	}
-	if code, v := doJSON(t, "POST", "http://"+edgeAddr+"/v1/orders", "after", fmt.Sprintf(`{"sku":%q,"qty":1}`, sku)); code != 202 || !strings.HasPrefix(fmt.Sprint(v["status"]), "accepted") {
+	if code, v := doJSON(t, "POST", "http://"+st.edgeAddr+"/v1/orders", "after", fmt.Sprintf(`{"sku":%q,"qty":1}`, sku)); code != 202 || !strings.HasPrefix(fmt.Sprint(v["status"]), "accepted") {
 		t.Fatalf("an order after the faults: %d %v; want 202", code, v)
 	}
+}
+
+// splitStack is flashgate as production runs it, on this machine:
+// PostgreSQL and the embedded broker in the test process, `flashgate
+// ingest` and `flashgate edge` in processes of their own.
+type splitStack struct {
+	pg                 *pgcluster.Cluster
+	dbURL              string
+	kf                 *broker.Embedded
+	kafkaAddr          string
+	startBroker        func() *broker.Embedded // again on the same address and log
+	ing, edge          *child
+	edgeAddr, adminURL string
+	backends           []string // the edge's and ingest's flags for them
+}
+
+func startSplitStack(t *testing.T, dir string) *splitStack {
+	t.Helper()
+	ctx := context.Background()
+	st := &splitStack{}
+	pgLog, err := os.Create(filepath.Join(dir, "pg.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pgLog.Close() })
+	st.pg, err = pgcluster.Start(ctx, pgcluster.Options{Dir: filepath.Join(dir, "pg"), NoFsync: true, Log: pgLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.pg.Stop() })
+	st.dbURL = st.pg.URL()
+	pool, err := prepareLedger(ctx, st.dbURL, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool.Close()
+
+	st.kafkaAddr = freeAddr(t)
+	kafkaDir := filepath.Join(dir, "kafka")
+	st.startBroker = func() *broker.Embedded {
+		for i := 0; ; i++ {
+			kf, err := broker.StartEmbedded(st.kafkaAddr, kafkaDir, 2, true)
+			if err == nil {
+				return kf
+			}
+			if i == 50 {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	st.kf = st.startBroker()
+	t.Cleanup(func() { st.kf.Close() })
+
+	st.backends = []string{"-kafka-brokers", st.kafkaAddr, "-database-url", st.dbURL}
+	st.ing = newChild(t, filepath.Join(dir, "ingest.log"), nil, append([]string{"ingest"}, st.backends...)...)
+	st.edgeAddr = freeAddr(t)
+	st.edge, st.adminURL = st.newEdge(t, dir, "edge")
+	st.ing.start()
+	st.edge.start()
+	return st
+}
+
+// newEdge is a `flashgate edge` on the stack's edge address with an admin
+// plane of its own; it is ready once its admin plane answers.
+func (st *splitStack) newEdge(t *testing.T, dir, name string, extra ...string) (*child, string) {
+	adminAddr := freeAddr(t)
+	adminURL := "http://" + adminAddr
+	ready := func() bool {
+		resp, err := http.Get(adminURL + "/admin/v1/status")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}
+	args := append([]string{"edge", "-edge-addr", st.edgeAddr, "-admin-addr", adminAddr}, st.backends...)
+	return newChild(t, filepath.Join(dir, name+".log"), ready, append(args, extra...)...), adminURL
+}
+
+// TestRollingRestart replaces the running edge with a new process on the
+// same address while a flash sale is replayed against it (edge.HandoverDrain:
+// the old one drains, the new one loads the stock and serves beside it on
+// SO_REUSEPORT, the old one answers with Connection: close for a grace
+// period and exits). No request may fail: the only refusals are the old
+// process's 503s while it drains; and nothing is lost or sold twice.
+func TestRollingRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipping the rolling restart in -short mode")
+	}
+	seed := tortureSeed(t)
+	dir := testenv.TempDir(t)
+	st := startSplitStack(t, dir)
+	tracePath := filepath.Join(dir, "sale.trace.zst")
+	writeTestTrace(t, tracePath, seed, 16000, 600) // ~8 s at speed 1
+
+	done := make(chan error, 1)
+	var out *replay.Outcome
+	go func() {
+		var err error
+		out, err = replay.Run(context.Background(), replay.Config{
+			Trace: tracePath, EdgeAddr: st.edgeAddr, AdminURL: st.adminURL,
+			Conns: 32, OutDir: filepath.Join(dir, "out"), Timeout: 15 * time.Second, Drain: 15 * time.Second,
+		})
+		done <- err
+	}()
+	time.Sleep(2 * time.Second)
+	old := st.edge
+	next, nextAdmin := st.newEdge(t, dir, "edge-next", "-edge.handoverFrom", st.adminURL, "-edge.handoverGrace", "1s")
+	next.start()
+	select {
+	case err := <-old.exited:
+		old.cmd = nil
+		if err != nil {
+			t.Errorf("the old edge exited with %v; its log:\n%s", err, old.tail())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the old edge still runs 30 s after the handover; its log:\n%s", old.tail())
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	tot := out.Run.Totals
+	if n := tot.Outcomes[outcomeIndex(t, out.Run, "error")]; n > 0 {
+		t.Errorf("%d requests failed without an answer during the handover", n)
+	}
+	if n := tot.Outcomes[outcomeIndex(t, out.Run, "unavailable")]; n == 0 {
+		t.Log("no 503 during the handover (the drain was quicker than any order)")
+	}
+	checkAfterFaults(t, out, st.dbURL, st.kafkaAddr, nextAdmin, seed, old, next, st.ing)
 }

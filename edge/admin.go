@@ -15,6 +15,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -37,7 +38,13 @@ type Admin struct {
 	ln    net.Listener
 	token []byte // empty: no token required (loopback only)
 	done  chan error
+
+	shutdown atomic.Pointer[func()] // POST /admin/v1/shutdown calls it
 }
+
+// OnShutdown sets what POST /admin/v1/shutdown does: end the process (a
+// handover's last step, see Handover). Without it the endpoint answers 501.
+func (a *Admin) OnShutdown(fn func()) { a.shutdown.Store(&fn) }
 
 // AdminToken is the -admin.token flag (or $FLASHGATE_ADMIN_TOKEN): what
 // clients of the admin plane send as a bearer token.
@@ -132,6 +139,12 @@ func (a *Admin) handle(ctx *fasthttp.RequestCtx) {
 		a.bulkCancel(ctx)
 	case path == "/admin/v1/status":
 		a.status(ctx)
+	case path == "/admin/v1/drain" || path == "/admin/v1/shutdown":
+		if !ctx.IsPost() {
+			adminProblem(ctx, 405, probMethod, "use POST")
+			return
+		}
+		a.handover(ctx, path == "/admin/v1/shutdown")
 	case path == "/metrics":
 		ctx.SetContentType("text/plain; version=0.0.4")
 		metrics.WritePrometheus(ctx, true)
@@ -284,6 +297,38 @@ func (a *Admin) status(ctx *fasthttp.RequestCtx) {
 		"kafka_breaker":      s.breaker.state(time.Now().UnixNano()),
 		"unknown_orders":     s.unknown.len(),
 	})
+}
+
+// handover serves POST /admin/v1/drain (stop taking orders, answer once
+// every order handed to Kafka has its answer) and POST
+// /admin/v1/shutdown?grace=D (then end the process, answering for D more so
+// that clients move to the edge that took over).
+func (a *Admin) handover(ctx *fasthttp.RequestCtx, shutdown bool) {
+	if shutdown {
+		fn := a.shutdown.Load()
+		if fn == nil {
+			adminProblem(ctx, 501, probMethod, "this process cannot be shut down through its admin plane")
+			return
+		}
+		if g := string(ctx.QueryArgs().Peek("grace")); g != "" {
+			d, err := time.ParseDuration(g)
+			if err != nil || d < 0 || d > time.Minute {
+				adminProblem(ctx, 400, probInvalidRequest, "grace must be a duration between 0s and 1m, e.g. 2s")
+				return
+			}
+			a.srv.SetStopGrace(d)
+		}
+		(*fn)()
+		adminJSON(ctx, 202, map[string]any{"shutting_down": true})
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, 2*a.srv.cfg.DeliveryTimeout)
+	defer cancel()
+	if err := a.srv.Drain(dctx); err != nil {
+		adminProblem(ctx, 503, probUnavailable, err.Error())
+		return
+	}
+	adminJSON(ctx, 200, map[string]any{"draining": true, "produces_in_flight": a.srv.produces.Load()})
 }
 
 func adminJSON(ctx *fasthttp.RequestCtx, status int, v any) {

@@ -58,16 +58,17 @@ type Server struct {
 	connRefusal          []byte
 	stopTicker           context.CancelFunc
 
-	eng      gnet.Engine
-	booted   chan struct{}
-	runErr   chan error
-	readSem  chan struct{}
-	conns    atomic.Int64
-	queued   atomic.Int64 // responses queued on connections, not yet written
-	produces atomic.Int64 // records handed to Kafka, not yet acked or failed
-	draining atomic.Bool
-	stopOnce sync.Once
-	stopErr  error
+	eng       gnet.Engine
+	booted    chan struct{}
+	runErr    chan error
+	readSem   chan struct{}
+	conns     atomic.Int64
+	queued    atomic.Int64 // responses queued on connections, not yet written
+	produces  atomic.Int64 // records handed to Kafka, not yet acked or failed
+	draining  atomic.Bool
+	stopGrace atomic.Int64 // see SetStopGrace
+	stopOnce  sync.Once
+	stopErr   error
 }
 
 // New builds an edge writing orders to cfg.Brokers and reading the ledger
@@ -254,12 +255,19 @@ func (s *Server) Stop(ctx context.Context) error {
 }
 
 func (s *Server) stop(ctx context.Context) error {
-	s.draining.Store(true)
-	s.events.each(0, (*sseStream).end) // event streams end now: they would hold the drain
-	var err error
-	for s.produces.Load() > 0 || s.queued.Load() > 0 {
+	err := s.Drain(ctx)
+	if grace := time.Duration(s.stopGrace.Load()); grace > 0 && err == nil {
+		// Keep answering (orders 503, everything with Connection: close) so
+		// that clients leave for the edge that took over before the engine
+		// stops and closes what is still open.
+		select {
+		case <-time.After(grace):
+		case <-ctx.Done():
+		}
+	}
+	for err == nil && s.queued.Load() > 0 {
 		if ctx.Err() != nil {
-			err = fmt.Errorf("edge: stopped with %d produces and %d responses outstanding: %w", s.produces.Load(), s.queued.Load(), ctx.Err())
+			err = fmt.Errorf("edge: stopped with %d responses outstanding: %w", s.queued.Load(), ctx.Err())
 			break
 		}
 		time.Sleep(2 * time.Millisecond)
@@ -278,6 +286,30 @@ func (s *Server) stop(ctx context.Context) error {
 	s.prod.Close()
 	return err
 }
+
+// Drain stops taking orders: each new one is answered 503 + Retry-After
+// with Connection: close (clients retry, on another edge), and it returns
+// once every order already handed to Kafka has its answer. Other requests
+// are still served, with Connection: close. Once it returned, everything
+// this edge sold is in Kafka: another edge may load the stock from the ledger
+// after ingest caught up (a handover). Stop ends the edge.
+func (s *Server) Drain(ctx context.Context) error {
+	s.draining.Store(true)
+	s.events.each(0, (*sseStream).end) // event streams end now: they would hold the drain
+	for s.produces.Load() > 0 {
+		if ctx.Err() != nil {
+			return fmt.Errorf("edge: draining with %d produces outstanding: %w", s.produces.Load(), ctx.Err())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return nil
+}
+
+// SetStopGrace makes Stop keep answering for d after the drain before it
+// closes the connections, so that clients find the edge that took over
+// (answered with Connection: close, they reconnect; closed while idle, a
+// request they were sending would be lost).
+func (s *Server) SetStopGrace(d time.Duration) { s.stopGrace.Store(int64(d)) }
 
 // Close releases an edge that was never started.
 func (s *Server) Close() { s.prod.Close() }
@@ -326,9 +358,9 @@ func (s *Server) shardOf(el gnet.EventLoop) *shard {
 
 // OnOpen implements gnet.EventHandler.
 func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
-	if s.draining.Load() {
-		return nil, gnet.Close
-	}
+	// While draining, connections are still taken: their requests are
+	// answered (orders 503) with Connection: close. Closing them unanswered
+	// would fail requests that a handover can still route.
 	if s.conns.Load() >= int64(s.cfg.MaxConns) {
 		connsRejectedTotal.Inc()
 		responsesTotal[503].Inc()

@@ -178,24 +178,12 @@ func TestKillNineMidSale(t *testing.T) {
 	dev.start()
 	env := devEnv()
 
-	ctx := context.Background()
-	type result struct {
-		out *replay.Outcome
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		out, err := replay.Run(ctx, replay.Config{
-			Trace: tracePath, EdgeAddr: strings.TrimPrefix(env["EDGE_URL"], "http://"), AdminURL: env["ADMIN_URL"],
-			Conns: 32, OutDir: filepath.Join(dir, "out"), Timeout: 5 * time.Second, Drain: 5 * time.Second,
-		})
-		done <- result{out, err}
-	}()
+	done := replayInBackground(tracePath, dir, strings.TrimPrefix(env["EDGE_URL"], "http://"), env["ADMIN_URL"], 5*time.Second)
 
 	// The fault schedule: kills at random moments of the sale, each
 	// followed by a random pause before the restart.
 	kills := 2
-	var res result
+	var res replayResult
 	finished := false
 	for k := 0; k < kills && !finished; k++ {
 		wait := time.Duration(300+rng.IntN(2500)) * time.Millisecond
@@ -219,6 +207,26 @@ func TestKillNineMidSale(t *testing.T) {
 	}
 	env = devEnv() // PostgreSQL may be on another port after a restart
 	checkAfterFaults(t, res.out, env["DATABASE_URL"], env["KAFKA_BROKERS"], env["ADMIN_URL"], seed, dev)
+}
+
+type replayResult struct {
+	out *replay.Outcome
+	err error
+}
+
+// replayInBackground replays the trace against the edge (32 connections,
+// results under dir/out, timeout per response and for the drain) and
+// delivers the outcome on the channel.
+func replayInBackground(tracePath, dir, edgeAddr, adminURL string, timeout time.Duration) <-chan replayResult {
+	done := make(chan replayResult, 1)
+	go func() {
+		out, err := replay.Run(context.Background(), replay.Config{
+			Trace: tracePath, EdgeAddr: edgeAddr, AdminURL: adminURL,
+			Conns: 32, OutDir: filepath.Join(dir, "out"), Timeout: timeout, Drain: timeout,
+		})
+		done <- replayResult{out, err}
+	}()
+	return done
 }
 
 // checkAfterFaults verifies a replay that ran through faults: the seven

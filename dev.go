@@ -286,7 +286,7 @@ type runningEdge struct {
 // the sale table from it, then serves the edge and the admin plane.
 // With handoverFrom (the admin URL of the edge serving on the same address)
 // it takes over from that edge: see edge.HandoverDrain.
-func startEdge(ctx context.Context, cfg edge.Config, pool, reads *pgxpool.Pool, adm *kgo.Client, group, adminAddr, handoverFrom string) (*runningEdge, error) {
+func startEdge(ctx context.Context, cfg edge.Config, pool, reads *pgxpool.Pool, adm *kgo.Client, group, adminAddr, handoverFrom string) (_ *runningEdge, err error) {
 	cfg.IngestGroup = group // reconciliation waits for it
 	srv, err := edge.New(cfg, pool)
 	if err != nil {
@@ -295,12 +295,22 @@ func startEdge(ctx context.Context, cfg edge.Config, pool, reads *pgxpool.Pool, 
 	if reads != nil {
 		srv.SetReadPool(reads)
 	}
+	started := false // this edge served: the drained one's stock counts are stale
 	if handoverFrom != "" {
 		slog.Info("edge: handover: draining the edge at " + handoverFrom)
 		if err := edge.HandoverDrain(ctx, handoverFrom, edge.AdminToken()); err != nil {
 			srv.Close()
 			return nil, err
 		}
+		defer func() {
+			if err == nil || started {
+				return
+			}
+			// This edge never served: the drained one takes orders again.
+			if rerr := edge.HandoverResume(context.Background(), handoverFrom, edge.AdminToken()); rerr != nil {
+				slog.Error("edge: handover failed and the old edge could not resume; it refuses orders until restarted", "err", rerr)
+			}
+		}()
 	}
 	err = ingest.WaitCaughtUp(ctx, adm, group, 2*time.Minute)
 	if err == nil {
@@ -308,6 +318,7 @@ func startEdge(ctx context.Context, cfg edge.Config, pool, reads *pgxpool.Pool, 
 	}
 	if err == nil {
 		err = srv.Start()
+		started = err == nil
 	}
 	if err != nil {
 		srv.Close()

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flashgate/flashgate/bench/replay"
 	"github.com/flashgate/flashgate/lib/broker"
 	"github.com/flashgate/flashgate/lib/pgcluster"
 	"github.com/flashgate/flashgate/lib/testenv"
@@ -55,20 +54,9 @@ func TestFaultSchedule(t *testing.T) {
 	tracePath := filepath.Join(dir, "sale.trace.zst")
 	writeTestTrace(t, tracePath, seed, records, 600)
 
-	type result struct {
-		out *replay.Outcome
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		out, err := replay.Run(ctx, replay.Config{
-			Trace: tracePath, EdgeAddr: st.edgeAddr, AdminURL: st.adminURL,
-			Conns: 32, OutDir: filepath.Join(dir, "out"), Timeout: 15 * time.Second, Drain: 15 * time.Second,
-		})
-		done <- result{out, err}
-	}()
+	done := replayInBackground(tracePath, dir, st.edgeAddr, st.adminURL, 15*time.Second)
 
-	var res result
+	var res replayResult
 	finished := false
 	for _, f := range faults {
 		wait, down := time.Duration(300+rng.IntN(1200))*time.Millisecond, outage()
@@ -222,16 +210,7 @@ func TestRollingRestart(t *testing.T) {
 	tracePath := filepath.Join(dir, "sale.trace.zst")
 	writeTestTrace(t, tracePath, seed, 16000, 600) // ~8 s at speed 1
 
-	done := make(chan error, 1)
-	var out *replay.Outcome
-	go func() {
-		var err error
-		out, err = replay.Run(context.Background(), replay.Config{
-			Trace: tracePath, EdgeAddr: st.edgeAddr, AdminURL: st.adminURL,
-			Conns: 32, OutDir: filepath.Join(dir, "out"), Timeout: 15 * time.Second, Drain: 15 * time.Second,
-		})
-		done <- err
-	}()
+	done := replayInBackground(tracePath, dir, st.edgeAddr, st.adminURL, 15*time.Second)
 	time.Sleep(2 * time.Second)
 	old := st.edge
 	next, nextAdmin := st.newEdge(t, dir, "edge-next", "-edge.handoverFrom", st.adminURL, "-edge.handoverGrace", "1s")
@@ -245,9 +224,11 @@ func TestRollingRestart(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("the old edge still runs 30 s after the handover; its log:\n%s", old.tail())
 	}
-	if err := <-done; err != nil {
-		t.Fatalf("replay: %v", err)
+	res := <-done
+	if res.err != nil {
+		t.Fatalf("replay: %v", res.err)
 	}
+	out := res.out
 	tot := out.Run.Totals
 	if n := tot.Outcomes[outcomeIndex(t, out.Run, "error")]; n > 0 {
 		t.Errorf("%d requests failed without an answer during the handover", n)

@@ -43,7 +43,8 @@ type Admin struct {
 }
 
 // OnShutdown sets what POST /admin/v1/shutdown does: end the process (a
-// handover's last step, see Handover). Without it the endpoint answers 501.
+// handover's last step, see HandoverDrain). Without it the endpoint answers
+// 501.
 func (a *Admin) OnShutdown(fn func()) { a.shutdown.Store(&fn) }
 
 // AdminToken is the -admin.token flag (or $FLASHGATE_ADMIN_TOKEN): what
@@ -139,12 +140,12 @@ func (a *Admin) handle(ctx *fasthttp.RequestCtx) {
 		a.bulkCancel(ctx)
 	case path == "/admin/v1/status":
 		a.status(ctx)
-	case path == "/admin/v1/drain" || path == "/admin/v1/shutdown":
+	case path == "/admin/v1/drain" || path == "/admin/v1/shutdown" || path == "/admin/v1/resume":
 		if !ctx.IsPost() {
 			adminProblem(ctx, 405, probMethod, "use POST")
 			return
 		}
-		a.handover(ctx, path == "/admin/v1/shutdown")
+		a.handover(ctx, path[len("/admin/v1/"):])
 	case path == "/metrics":
 		ctx.SetContentType("text/plain; version=0.0.4")
 		metrics.WritePrometheus(ctx, true)
@@ -300,11 +301,20 @@ func (a *Admin) status(ctx *fasthttp.RequestCtx) {
 }
 
 // handover serves POST /admin/v1/drain (stop taking orders, answer once
-// every order handed to Kafka has its answer) and POST
+// every order handed to Kafka has its answer), POST
 // /admin/v1/shutdown?grace=D (then end the process, answering for D more so
-// that clients move to the edge that took over).
-func (a *Admin) handover(ctx *fasthttp.RequestCtx, shutdown bool) {
-	if shutdown {
+// that clients move to the edge that took over) and POST /admin/v1/resume
+// (take orders again: the handover failed).
+func (a *Admin) handover(ctx *fasthttp.RequestCtx, step string) {
+	switch step {
+	case "resume":
+		if !a.srv.Resume() {
+			adminProblem(ctx, 409, probUnavailable, "the edge is stopping")
+			return
+		}
+		adminJSON(ctx, 200, map[string]any{"draining": false})
+		return
+	case "shutdown":
 		fn := a.shutdown.Load()
 		if fn == nil {
 			adminProblem(ctx, 501, probMethod, "this process cannot be shut down through its admin plane")

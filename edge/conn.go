@@ -51,8 +51,8 @@ type connState struct {
 	// slots is a ring of MaxPipeline slots, each made the first time the
 	// pipeline is that deep (then kept: no allocation per request). The
 	// ring restarts at 0 whenever it is empty, so a connection that never
-	// pipelines holds one slot, not MaxPipeline (10K idle or slowloris
-	// connections: 10 MiB instead of 290 MiB).
+	// pipelines holds one slot (416 B), not MaxPipeline of them (26 KiB);
+	// see TestHostileLoadKeepsServing.
 	slots []*slot
 	head  int
 	n     int // slots in use, from head

@@ -558,3 +558,44 @@ func TestGetAcceptedBeforeLedger(t *testing.T) {
 		t.Fatalf("GET by another user: %d, want 404", code)
 	}
 }
+
+// A drained edge refuses orders with 503 and Connection: close but still
+// takes connections and answers them; Resume (a handover that failed) gives
+// it its orders back, unless it is stopping.
+func TestDrainAndResume(t *testing.T) {
+	kf := testenv.Broker(t, 1)
+	s := startTestEdge(t, kf, "D-1", 10)
+	if code, _, body := postOrder(t, s.cfg.Addr, "u1", "D-1"); code != 202 {
+		t.Fatalf("before the drain: %d %s", code, body)
+	}
+	if err := s.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	code, hdr, body := postOrder(t, s.cfg.Addr, "u2", "D-1")
+	if code != 503 || hdr.Get("Retry-After") == "" || !strings.Contains(body, "/unavailable") {
+		t.Fatalf("while drained: %d %v %s, want 503 unavailable with Retry-After", code, hdr, body)
+	}
+	resp, err := http.Get("http://" + s.cfg.Addr + "/healthz") // a new connection, answered
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if !resp.Close {
+		t.Error("a response while draining without Connection: close")
+	}
+	if !s.Resume() {
+		t.Fatal("Resume refused on an edge that is not stopping")
+	}
+	if code, _, body := postOrder(t, s.cfg.Addr, "u3", "D-1"); code != 202 {
+		t.Fatalf("after Resume: %d %s", code, body)
+	}
+	if st, _ := s.SKU("D-1"); st.Remaining != 8 {
+		t.Fatalf("remaining %d, want 8 (two orders)", st.Remaining)
+	}
+	if err := s.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s.Resume() {
+		t.Fatal("Resume accepted on a stopped edge")
+	}
+}

@@ -34,6 +34,12 @@ func HandoverDrain(ctx context.Context, adminURL, token string) error {
 	return handoverCall(ctx, adminURL+"/admin/v1/drain", token, 200)
 }
 
+// HandoverResume gives the drained edge its orders back: the new process
+// could not take over after step 1.
+func HandoverResume(ctx context.Context, adminURL, token string) error {
+	return handoverCall(ctx, adminURL+"/admin/v1/resume", token, 200)
+}
+
 // HandoverShutdown is step 3: it asks the old edge to answer for grace more,
 // then exit.
 func HandoverShutdown(ctx context.Context, adminURL, token string, grace time.Duration) error {

@@ -67,6 +67,7 @@ type Server struct {
 	produces  atomic.Int64 // records handed to Kafka, not yet acked or failed
 	draining  atomic.Bool
 	stopGrace atomic.Int64 // see SetStopGrace
+	stopping  atomic.Bool  // Stop was called: no Resume
 	stopOnce  sync.Once
 	stopErr   error
 }
@@ -255,6 +256,7 @@ func (s *Server) Stop(ctx context.Context) error {
 }
 
 func (s *Server) stop(ctx context.Context) error {
+	s.stopping.Store(true)
 	err := s.Drain(ctx)
 	if grace := time.Duration(s.stopGrace.Load()); grace > 0 && err == nil {
 		// Keep answering (orders 503, everything with Connection: close) so
@@ -303,6 +305,16 @@ func (s *Server) Drain(ctx context.Context) error {
 		time.Sleep(2 * time.Millisecond)
 	}
 	return nil
+}
+
+// Resume takes orders again after a Drain, unless the edge is stopping:
+// a handover that failed after draining this edge gives it back its work.
+func (s *Server) Resume() bool {
+	if s.stopping.Load() {
+		return false
+	}
+	s.draining.Store(false)
+	return true
 }
 
 // SetStopGrace makes Stop keep answering for d after the drain before it

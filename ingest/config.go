@@ -47,7 +47,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Group:               "flashgate-ingest",
-		SessionTimeout:      10 * time.Second, // Kafka's 45 s default held a killed worker's partitions 30-45 s (TestFaultSchedule); 10 s is 3 heartbeats
+		SessionTimeout:      10 * time.Second, // Kafka's 45 s default: a killed worker's last orders landed 28 s late in TestFaultSchedule (0.2 s with 10 s); 10 s is 3 heartbeats
 		Workers:             2,                // two COPYs in flight: one batch decodes while the other is in PostgreSQL (bench/ingest.sh: 0.95x psql \copy against 0.6x with one)
 		BatchRows:           5000,
 		BatchBytes:          4 << 20, // ~20K orders of ~200 bytes: rows close batches first

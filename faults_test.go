@@ -238,3 +238,30 @@ func TestRollingRestart(t *testing.T) {
 	}
 	checkAfterFaults(t, out, st.dbURL, st.kafkaAddr, nextAdmin, seed, old, next, st.ing)
 }
+
+// TestIngestFleet runs two `flashgate ingest` processes in one consumer
+// group under a replayed sale and kills one of them with SIGKILL midway:
+// the other takes its partitions (after -ingest.sessionTimeout) and every
+// order still lands exactly once.
+func TestIngestFleet(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipping the ingest fleet in -short mode")
+	}
+	seed := tortureSeed(t)
+	dir := testenv.TempDir(t)
+	st := startSplitStack(t, dir)
+	second := newChild(t, filepath.Join(dir, "ingest-2.log"), nil, append([]string{"ingest"}, st.backends...)...)
+	second.start()
+	tracePath := filepath.Join(dir, "sale.trace.zst")
+	writeTestTrace(t, tracePath, seed, 16000, 600) // ~8 s at speed 1
+	done := replayInBackground(tracePath, dir, st.edgeAddr, st.adminURL, 15*time.Second)
+	// The first process holds the partitions: it was alone in the group, and
+	// the sticky assignment leaves them with it when the second joins.
+	time.Sleep(3 * time.Second)
+	st.ing.kill9()
+	res := <-done
+	if res.err != nil {
+		t.Fatalf("replay: %v", res.err)
+	}
+	checkAfterFaults(t, res.out, st.dbURL, st.kafkaAddr, st.adminURL, seed, st.edge, second)
+}

@@ -279,7 +279,11 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
-		conn, err := pgx.Connect(ctx, c.url("postgres"))
+		// Bounded: whatever holds the port may accept and never answer (the
+		// server then exits on "Address already in use", seen above).
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		conn, err := pgx.Connect(cctx, c.url("postgres"))
+		cancel()
 		if err != nil {
 			lastErr = err
 			continue

@@ -253,8 +253,16 @@ func (w *worker) collect(ctx context.Context) ([]*kgo.Record, bool) {
 		if ctx.Err() != nil {
 			break
 		}
-		if len(w.recs) == 0 && w.commitPending {
-			w.commit(ctx)
+		if len(w.recs) == 0 {
+			if w.commitPending {
+				w.commit(ctx)
+			}
+			// Nothing in hand: let a rebalance go ahead before polling
+			// again. A poll blocks rebalances until AllowRebalance, and the
+			// group's recovery after a broker restart waits for that while
+			// the next poll waits for the group: both waited forever (found
+			// by TestFaultSchedule: the broker down, then no batch again).
+			w.cl.AllowRebalance()
 		}
 	}
 	if len(w.recs) > 0 {

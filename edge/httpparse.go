@@ -109,6 +109,9 @@ func parseOne(buf []byte, r *request, lim *parseLimits) (n int, status int) {
 			}
 			return 0, 0
 		}
+		if count >= lim.headers && !(i == 1 && rest[0] == '\r') {
+			return 0, 431 // one field too many, whatever it holds (as when it is incomplete)
+		}
 		if i == 0 || rest[i-1] != '\r' {
 			return 0, 400 // bare LF
 		}
@@ -116,9 +119,6 @@ func parseOne(buf []byte, r *request, lim *parseLimits) (n int, status int) {
 		pos += i + 1
 		if len(line) == 0 {
 			break // end of the header section
-		}
-		if count >= lim.headers {
-			return 0, 431
 		}
 		name, value, st := splitField(line)
 		if st != 0 {

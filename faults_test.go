@@ -177,6 +177,18 @@ func startSplitStack(t *testing.T, dir string) *splitStack {
 	return st
 }
 
+// splitStackSale is a split stack in a fresh directory and a small flash
+// sale to replay against it (~8 s at speed 1), with the seed of both.
+func splitStackSale(t *testing.T) (seed uint64, dir string, st *splitStack, tracePath string) {
+	t.Helper()
+	seed = tortureSeed(t)
+	dir = testenv.TempDir(t)
+	st = startSplitStack(t, dir)
+	tracePath = filepath.Join(dir, "sale.trace.zst")
+	writeTestTrace(t, tracePath, seed, 16000, 600)
+	return seed, dir, st, tracePath
+}
+
 // newEdge is a `flashgate edge` on the stack's edge address with an admin
 // plane of its own; it is ready once its admin plane answers.
 func (st *splitStack) newEdge(t *testing.T, dir, name string, extra ...string) (*child, string) {
@@ -204,12 +216,7 @@ func TestRollingRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipping the rolling restart in -short mode")
 	}
-	seed := tortureSeed(t)
-	dir := testenv.TempDir(t)
-	st := startSplitStack(t, dir)
-	tracePath := filepath.Join(dir, "sale.trace.zst")
-	writeTestTrace(t, tracePath, seed, 16000, 600) // ~8 s at speed 1
-
+	seed, dir, st, tracePath := splitStackSale(t)
 	done := replayInBackground(tracePath, dir, st.edgeAddr, st.adminURL, 15*time.Second)
 	time.Sleep(2 * time.Second)
 	old := st.edge
@@ -247,13 +254,9 @@ func TestIngestFleet(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipping the ingest fleet in -short mode")
 	}
-	seed := tortureSeed(t)
-	dir := testenv.TempDir(t)
-	st := startSplitStack(t, dir)
+	seed, dir, st, tracePath := splitStackSale(t)
 	second := newChild(t, filepath.Join(dir, "ingest-2.log"), nil, append([]string{"ingest"}, st.backends...)...)
 	second.start()
-	tracePath := filepath.Join(dir, "sale.trace.zst")
-	writeTestTrace(t, tracePath, seed, 16000, 600) // ~8 s at speed 1
 	done := replayInBackground(tracePath, dir, st.edgeAddr, st.adminURL, 15*time.Second)
 	// The first process holds the partitions: it was alone in the group, and
 	// the sticky assignment leaves them with it when the second joins.

@@ -307,13 +307,20 @@ func (a *Admin) status(ctx *fasthttp.RequestCtx) {
 // (take orders again: the handover failed).
 func (a *Admin) handover(ctx *fasthttp.RequestCtx, step string) {
 	switch step {
+	case "drain":
+		dctx, cancel := context.WithTimeout(ctx, 2*a.srv.cfg.DeliveryTimeout)
+		defer cancel()
+		if err := a.srv.Drain(dctx); err != nil {
+			adminProblem(ctx, 503, probUnavailable, err.Error())
+			return
+		}
+		adminJSON(ctx, 200, map[string]any{"draining": true, "produces_in_flight": a.srv.produces.Load()})
 	case "resume":
 		if !a.srv.Resume() {
 			adminProblem(ctx, 409, probUnavailable, "the edge is stopping")
 			return
 		}
 		adminJSON(ctx, 200, map[string]any{"draining": false})
-		return
 	case "shutdown":
 		fn := a.shutdown.Load()
 		if fn == nil {
@@ -330,15 +337,7 @@ func (a *Admin) handover(ctx *fasthttp.RequestCtx, step string) {
 		}
 		(*fn)()
 		adminJSON(ctx, 202, map[string]any{"shutting_down": true})
-		return
 	}
-	dctx, cancel := context.WithTimeout(ctx, 2*a.srv.cfg.DeliveryTimeout)
-	defer cancel()
-	if err := a.srv.Drain(dctx); err != nil {
-		adminProblem(ctx, 503, probUnavailable, err.Error())
-		return
-	}
-	adminJSON(ctx, 200, map[string]any{"draining": true, "produces_in_flight": a.srv.produces.Load()})
 }
 
 func adminJSON(ctx *fasthttp.RequestCtx, status int, v any) {

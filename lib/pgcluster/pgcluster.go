@@ -141,6 +141,9 @@ func (c *Cluster) run(ctx context.Context) error {
 			}
 			c.port = port
 		}
+		if err := waitPreviousServer(ctx, c.opts.Dir); err != nil {
+			return err
+		}
 		c.done = make(chan error, 1)
 		c.tail.reset()
 		if err := c.start(); err != nil {
@@ -155,6 +158,54 @@ func (c *Cluster) run(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// A postmaster of an earlier run may still hold the data directory: after a
+// kill -9 of its parent it gets SIGINT (Pdeathsig) and takes a moment to shut
+// down, and a restart in that moment would fail on the lock file. Wait for it
+// while it says it is stopping (or for a short while in case it has not yet
+// seen the signal); a server that keeps serving is someone else's, and the
+// error says so.
+const (
+	previousServerGrace    = 5 * time.Second
+	previousServerStopping = 60 * time.Second
+)
+
+func waitPreviousServer(ctx context.Context, dir string) error {
+	start := time.Now()
+	for {
+		pid, status, ok := readPostmasterPid(dir)
+		if !ok || syscall.Kill(pid, 0) == syscall.ESRCH {
+			return nil
+		}
+		waited := time.Since(start)
+		if waited > previousServerStopping || (status != "stopping" && waited > previousServerGrace) {
+			return fmt.Errorf("another PostgreSQL server (PID %d, status %q) is running in %s: stop it (kill -INT %d) or use another directory", pid, status, dir, pid)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// readPostmasterPid reads the server's PID (line 1) and status (line 8:
+// starting, stopping, ready, standby) from the data directory's lock file.
+func readPostmasterPid(dir string) (pid int, status string, ok bool) {
+	b, err := os.ReadFile(filepath.Join(dir, "postmaster.pid"))
+	if err != nil {
+		return 0, "", false
+	}
+	lines := strings.Split(string(b), "\n")
+	pid, err = strconv.Atoi(strings.TrimSpace(lines[0]))
+	if err != nil || pid <= 0 {
+		return 0, "", false
+	}
+	if len(lines) > 7 {
+		status = strings.TrimSpace(lines[7])
+	}
+	return pid, status, true
 }
 
 // serverCredential returns the credential to run initdb and postgres with:

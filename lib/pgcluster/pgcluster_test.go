@@ -105,3 +105,38 @@ func TestStartErrorCarriesTheServerOutput(t *testing.T) {
 		t.Fatalf("start with a bad setting: %v; want the server's complaint about shared_buffers", err)
 	}
 }
+
+// A restart right after the previous server was told to stop (as after a
+// kill -9 of `flashgate dev`, whose postmaster then gets SIGINT) waits for it
+// instead of failing on its lock file; a server that keeps serving the
+// directory is refused with an error that says what to do.
+func TestStartWaitsForAStoppingServerAndRefusesARunningOne(t *testing.T) {
+	dir := filepath.Join(testenv.TempDir(t), "pg")
+	ctx := context.Background()
+	first, err := pgcluster.Start(ctx, pgcluster.Options{Dir: dir, NoFsync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exec(t, first.URL(), "CREATE TABLE kept (x int)")
+
+	second, err := pgcluster.Start(ctx, pgcluster.Options{Dir: dir, NoFsync: true})
+	if err == nil {
+		second.Stop()
+		t.Fatal("a second server started on a directory the first one serves")
+	}
+	if !strings.Contains(err.Error(), "another PostgreSQL server") || !strings.Contains(err.Error(), "kill -INT") {
+		t.Fatalf("start beside a running server: %v; want a message naming the other server and how to stop it", err)
+	}
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- first.Stop() }()
+	second, err = pgcluster.Start(ctx, pgcluster.Options{Dir: dir, NoFsync: true})
+	if err != nil {
+		t.Fatalf("start while the previous server stops: %v", err)
+	}
+	defer second.Stop()
+	if err := <-stopped; err != nil {
+		t.Fatalf("first Stop: %v", err)
+	}
+	exec(t, second.URL(), "INSERT INTO kept VALUES (1)")
+}

@@ -138,8 +138,8 @@ func TestStallShowsFromIntendedTime(t *testing.T) {
 	if got < 0.7*want || got > float64(res.Intended)/2 {
 		t.Fatalf("%v requests slower than %v, want ~%v (rate x stall): latency is not measured from the intended time", got, threshold, want)
 	}
-	if m := res.Latency["all"].Max; m < stall*9/10 || m > 2*stall {
-		t.Fatalf("max latency %v, want about the stall (%v)", m, stall)
+	if m := res.Latency["all"].Max; m < stall*9/10 {
+		t.Fatalf("max latency %v, want at least about the stall (%v)", m, stall)
 	}
 	// The wait happened in the queue, before the write: the send delay shows it.
 	if res.SendDelay.Max < stall/2 {

@@ -14,11 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/flashgate/flashgate/ingest"
 	"github.com/flashgate/flashgate/ledger"
-	"github.com/flashgate/flashgate/lib/broker"
 	"github.com/flashgate/flashgate/lib/order"
 	"github.com/flashgate/flashgate/lib/testenv"
 )
@@ -89,30 +87,18 @@ func wantResults(t *testing.T, got []batchResult, body string, want ...string) {
 // ordersInKafka returns the orders in order.created by id.
 func ordersInKafka(t *testing.T, brokers []string) map[string]order.Order {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(broker.TopicOrderCreated), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
 	out := map[string]order.Order{}
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		fs := cl.PollFetches(ctx)
-		cancel()
-		if fs.NumRecords() == 0 {
-			return out
+	for _, r := range readOrderCreated(t, brokers) {
+		var o order.Order
+		if err := order.Decode(r.Value, &o); err != nil {
+			t.Fatalf("record %s: %v", r.Value, err)
 		}
-		fs.EachRecord(func(r *kgo.Record) {
-			var o order.Order
-			if err := order.Decode(r.Value, &o); err != nil {
-				t.Fatalf("record %s: %v", r.Value, err)
-			}
-			if string(r.Key) != o.UserID {
-				t.Errorf("order %d keyed %q, want its user %q", o.ID, r.Key, o.UserID)
-			}
-			out[strconv.FormatInt(o.ID, 10)] = o
-		})
+		if string(r.Key) != o.UserID {
+			t.Errorf("order %d keyed %q, want its user %q", o.ID, r.Key, o.UserID)
+		}
+		out[strconv.FormatInt(o.ID, 10)] = o
 	}
+	return out
 }
 
 // A batch mixing good lines with refused ones: each line is answered as

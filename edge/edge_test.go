@@ -8,12 +8,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -28,7 +30,9 @@ func startTestEdge(t *testing.T, kf *broker.Embedded, sku string, stock int64, t
 	cfg := DefaultConfig()
 	cfg.Addr = freeAddr(t)
 	cfg.Brokers = []string{kf.Addr()}
-	cfg.DeliveryTimeout = 3 * time.Second
+	// Bounds no slow machine reaches: a test about timeouts or the breaker
+	// sets its own.
+	cfg.DeliveryTimeout, cfg.BreakerStall = 20*time.Second, time.Minute
 	for _, f := range tweaks {
 		f(&cfg)
 	}
@@ -107,21 +111,50 @@ func TestProduceFailureGivesStockBack(t *testing.T) {
 
 func countRecords(t *testing.T, kf *broker.Embedded) int {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(kf.Addr()), kgo.ConsumeTopics(broker.TopicOrderCreated), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	return len(readOrderCreated(t, []string{kf.Addr()}))
+}
+
+// readOrderCreated reads order.created from the start up to its end offsets
+// as listed first: every record acked before the call, however slowly the
+// machine serves them (an empty poll is not taken for the end).
+func readOrderCreated(t *testing.T, brokers []string) []*kgo.Record {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(broker.TopicOrderCreated), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	n := 0
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		fs := cl.PollFetches(ctx)
-		cancel()
-		if fs.NumRecords() == 0 {
-			return n
-		}
-		n += fs.NumRecords()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, broker.TopicOrderCreated)
+	if err != nil {
+		t.Fatalf("listing order.created's end offsets: %v", err)
 	}
+	want := map[int32]int64{}
+	left := 0
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Offset > 0 {
+			want[o.Partition] = o.Offset
+			left++
+		}
+	})
+	var out []*kgo.Record
+	for left > 0 {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("order.created: read %d records, partitions %v not read to their end offsets within a minute", len(out), want)
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			if end, ok := want[r.Partition]; ok && r.Offset < end {
+				out = append(out, r)
+				if r.Offset == end-1 {
+					delete(want, r.Partition)
+					left--
+				}
+			}
+		})
+	}
+	return out
 }
 
 // Stop with orders waiting for slow acks answers every one of them with its
@@ -412,7 +445,9 @@ func TestAdminToken(t *testing.T) {
 func TestRateLimitedOrders(t *testing.T) {
 	kf := testenv.Broker(t, 1)
 	s := startTestEdge(t, kf, "R-1", 1000, func(c *Config) {
-		c.RatePerUser = RateLimit{Rate: 1, Burst: 3, Slots: 1 << 10}
+		// The slowest rate: no token comes back while the test runs, however
+		// long the first orders take on a busy machine.
+		c.RatePerUser = RateLimit{Rate: 0.01, Burst: 3, Slots: 1 << 10}
 	})
 	for i := 0; i < 3; i++ {
 		if code, _, body := postOrder(t, s.cfg.Addr, "rl-user", "R-1"); code != 202 {
@@ -420,8 +455,11 @@ func TestRateLimitedOrders(t *testing.T) {
 		}
 	}
 	code, h, body := postOrder(t, s.cfg.Addr, "rl-user", "R-1")
-	if code != 429 || h.Get("Retry-After") != "1" || !strings.Contains(body, "/rate-limited") ||
-		h.Get("RateLimit-Policy") != `"user";q=3;w=3` || !strings.HasPrefix(h.Get("RateLimit"), `"user";r=0;t=`) {
+	// Retry-After: the time to the next token, 100 s at this rate less what
+	// has refilled since the burst began.
+	ra, _ := strconv.Atoi(h.Get("Retry-After"))
+	if code != 429 || ra < 1 || ra > 100 || !strings.Contains(body, "/rate-limited") ||
+		h.Get("RateLimit-Policy") != `"user";q=3;w=300` || !strings.HasPrefix(h.Get("RateLimit"), `"user";r=0;t=`) {
 		t.Fatalf("past the burst: %d %v %s", code, h, body)
 	}
 	if code, _, _ := postOrder(t, s.cfg.Addr, "other-user", "R-1"); code != 202 {
@@ -463,8 +501,9 @@ func TestAPIKeyLimits(t *testing.T) {
 	kf := testenv.Broker(t, 1)
 	const partner = "partner-key-0123456789"
 	s := startTestEdge(t, kf, "K-1", 1000, func(c *Config) {
-		c.RatePerIP = RateLimit{Rate: 1, Burst: 2, Slots: 1 << 10}
-		c.APIKeys = map[string]RateLimit{partner: {Rate: 1, Burst: 5}}
+		// The slowest rates: no token comes back while the test runs.
+		c.RatePerIP = RateLimit{Rate: 0.01, Burst: 2, Slots: 1 << 10}
+		c.APIKeys = map[string]RateLimit{partner: {Rate: 0.01, Burst: 5}}
 	})
 	order := func(user, key string) (int, http.Header) {
 		req, _ := http.NewRequest("POST", "http://"+s.cfg.Addr+"/v1/orders", strings.NewReader(`{"sku":"K-1","qty":1}`))

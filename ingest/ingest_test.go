@@ -179,15 +179,22 @@ func TestBatchesCloseOnRowsAndAge(t *testing.T) {
 	if got := batches.Get() - before; got != 3 {
 		t.Fatalf("50 waiting records with -ingest.batchRows 20 made %d batches, want 3", got)
 	}
+	start := time.Now()
 	for _, o := range os[50:] {
 		produce(t, prod, []order.Order{o})
 		time.Sleep(10 * time.Millisecond)
 	}
+	took := time.Since(start)
 	if err := ingest.WaitCaughtUp(context.Background(), adm, group, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if got := batches.Get() - before; got != 4 {
-		t.Fatalf("5 records 10 ms apart with -ingest.batchAge 2s made %d batches, want 1", got-3)
+	switch got := batches.Get() - before - 3; {
+	case took < time.Second && got != 1:
+		t.Fatalf("5 records 10 ms apart with -ingest.batchAge 2s made %d batches, want 1", got)
+	case got < 1 || got > 5:
+		t.Fatalf("5 records made %d batches", got)
+	case got != 1:
+		t.Logf("the 5 records took %v to produce on this busy machine: %d batches", took, got)
 	}
 	if rows, distinct := countOrders(t, url); rows != len(os) || distinct != len(os) {
 		t.Fatalf("ledger has %d rows (%d distinct), want %d", rows, distinct, len(os))

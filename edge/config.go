@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"time"
 
@@ -303,7 +302,7 @@ func (c *Config) loops() int {
 	if c.Loops > 0 {
 		return c.Loops
 	}
-	return runtime.GOMAXPROCS(0)
+	return baseProcs()
 }
 
 func (c *Config) validate() error {

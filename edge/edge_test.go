@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -636,5 +637,19 @@ func TestDrainAndResume(t *testing.T) {
 	}
 	if s.Resume() {
 		t.Fatal("Resume accepted on a stopped edge")
+	}
+}
+
+// A started edge leaves the runtime a P for every event loop on top of the
+// ones it had: the loops park theirs in epoll_wait, and the Kafka promises
+// must not wait for sysmon to take one back (procs.go).
+func TestEdgeKeepsPsFreeOfItsEventLoops(t *testing.T) {
+	if os.Getenv("GOMAXPROCS") != "" {
+		t.Skip("GOMAXPROCS is set in the environment: the edge leaves it as it is")
+	}
+	kf := testenv.Broker(t, 1)
+	s := startTestEdge(t, kf, "P-1", 1, func(c *Config) { c.Loops = 3 })
+	if got, want := runtime.GOMAXPROCS(0), baseProcs()+s.cfg.loops(); got < want {
+		t.Fatalf("GOMAXPROCS %d with %d event loops, want at least %d", got, s.cfg.loops(), want)
 	}
 }

@@ -215,10 +215,12 @@ func (s *Server) Start() error {
 	if s.cfg.UnsafeNoKafka {
 		slog.Warn("edge: -edge.unsafeNoKafka is set: orders are answered 202 WITHOUT being recorded anywhere; for benchmarks only")
 	}
+	loops := s.cfg.loops()
+	reserveProcs(loops)
 	go func() {
 		s.runErr <- gnet.Run(s, "tcp://"+s.cfg.Addr,
 			gnet.WithMulticore(true),
-			gnet.WithNumEventLoop(s.cfg.loops()),
+			gnet.WithNumEventLoop(loops),
 			gnet.WithReusePort(true),
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 			gnet.WithTCPKeepAlive(time.Minute),

@@ -8,7 +8,7 @@ STATICCHECK_VERSION := v0.8.2
 # Fuzz each target this long in `make fuzz` (CI uses a short time).
 FUZZTIME  ?= 30s
 
-.PHONY: all build run test torture check fmt vet staticcheck bench bench-http bench-replay profile fuzz clean deps
+.PHONY: all build run test torture check fmt vet staticcheck bench bench-http bench-replay bench-attack profile fuzz clean deps
 
 all: build
 
@@ -62,6 +62,7 @@ bench: build
 	BENCH_TABLE=$(CURDIR)/$(BENCH_TABLE) EDGE_ARGS='-kafka.syncWrites=false' bash bench/e2e.sh
 	BENCH_TABLE=$(CURDIR)/$(BENCH_TABLE) bash bench/ingest.sh
 	BENCH_TABLE=$(CURDIR)/$(BENCH_TABLE) bash bench/replay.sh
+	BENCH_TABLE=$(CURDIR)/$(BENCH_TABLE) bash bench/attack.sh 8 100 3
 	@bash bench/table.sh $(BENCH_TABLE)
 
 # The flash-sale replay against flashgate dev and the textbook stack alone.
@@ -69,6 +70,9 @@ bench-replay: build
 	bash bench/replay.sh $(TRACE)
 
 # The edge's HTTP core against nginx only (wrk; installs nginx-light and wrk if missing).
+bench-attack: build
+	bash bench/attack.sh 8 100 3
+
 bench-http: build
 	bash bench/http.sh
 

@@ -17,6 +17,7 @@ type decision struct {
 
 	id       int64
 	item     *saleItem
+	epoch    int64 // the item's lease epoch when its units were taken (leases.go)
 	purchase *purchaseSlot
 	idemK    []byte // points into the admitScratch
 	idemHash uint64
@@ -99,12 +100,16 @@ func (s *Server) admit(shard int, sc *admitScratch, user, sku []byte, qty int64,
 			return r
 		}
 	}
+	d.epoch = it.leaseEpoch.Load()
 	if !it.take(shard, qty) {
 		if d.purchase != nil {
 			d.purchase.release(qty)
 		}
 		s.breaker.cancelProbe(d.probe)
 		s.abandonIdem(d.idemK)
+		if s.leases != nil && s.leases.mayGetMore(it) {
+			return refuse(503, probUnavailable, "this edge is leasing more stock of this sku from the ledger; retry after Retry-After seconds", 1, leaseWaitTotal)
+		}
 		return refuse(409, probSoldOut, "no stock left for this sku", 0, ordersSoldOutTotal)
 	}
 	if late {
@@ -135,8 +140,10 @@ func (s *Server) reservePurchase(d *decision, user, sku []byte, qty, limit int64
 
 // compensate undoes an admission whose order definitely failed: the units go
 // back to the stock and the user's count, and the key is free for a retry.
-func (s *Server) compensate(shard int, item *saleItem, purchase *purchaseSlot, idemK []byte, qty int64) {
-	item.giveBack(shard, qty)
+func (s *Server) compensate(shard int, item *saleItem, epoch int64, purchase *purchaseSlot, idemK []byte, qty int64) {
+	if item.leaseEpoch.Load() == epoch {
+		item.giveBack(shard, qty)
+	} // else the lease they came from was lost: the ledger reclaims them
 	if purchase != nil {
 		purchase.release(qty)
 	}

@@ -129,7 +129,7 @@ func runAdmissionModel(t *testing.T, seed uint64) {
 					p.modelKey.state, p.modelKey.id = idemDone, p.d.id
 				}
 			} else {
-				s.compensate(step%loops, p.d.item, p.d.purchase, p.idemK, p.qty)
+				s.compensate(step%loops, p.d.item, p.d.epoch, p.d.purchase, p.idemK, p.qty)
 				m.remaining[p.sku] += p.qty
 				m.bought[p.user+"/"+p.sku] -= p.qty
 				if p.key != "" {
@@ -226,7 +226,7 @@ func TestAdmitAllocs(t *testing.T) {
 		key[1] = byte('a' + i/26%26)
 		d := s.admit(0, &sc, user, sku, 1, key, time.Now().UnixNano())
 		if d.status == 0 {
-			s.compensate(0, d.item, d.purchase, d.idemK, 1)
+			s.compensate(0, d.item, 0, d.purchase, d.idemK, 1)
 		}
 	}); n != 0 {
 		t.Fatalf("admit allocates %v times per order", n)

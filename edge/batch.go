@@ -184,7 +184,7 @@ func (s *Server) admitLine(cs *connState, r *request, b *batch, ln *batchLine, l
 		ln.refuse(d.status, d.problem, d.detail, d.retryAfter)
 		return d.closeConn
 	}
-	ln.orderID, ln.shard, ln.item, ln.purchase, ln.qty, ln.probe = d.id, b.shard, d.item, d.purchase, qty, d.probe
+	ln.orderID, ln.shard, ln.item, ln.epoch, ln.purchase, ln.qty, ln.probe = d.id, b.shard, d.item, d.epoch, d.purchase, qty, d.probe
 	ln.idemHash, ln.startNs, ln.user = d.idemHash, b.startNs, b.user
 	if len(d.idemK) > 0 {
 		ln.idemK = append([]byte(nil), d.idemK...) // d.idemK is the connection's scratch

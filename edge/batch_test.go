@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/flashgate/flashgate/ingest"
 	"github.com/flashgate/flashgate/ledger"
 	"github.com/flashgate/flashgate/lib/order"

@@ -31,6 +31,15 @@ type Config struct {
 	Loops int
 	// NodeID tells edge instances apart inside order ids (0-63).
 	NodeID int
+	// LeaseTTL > 0 turns stock leases on (leases.go): the edge leases blocks
+	// of each SKU's units from the ledger instead of loading its whole stock,
+	// so several edges (each with its own NodeID) can sell the same SKUs. A
+	// lease not renewed for LeaseTTL is reclaimed by the other edges.
+	LeaseTTL time.Duration
+	// LeaseHorizon sizes a block: the units the edge sells in this long at
+	// its recent rate (at least LeaseMinBlock).
+	LeaseHorizon  time.Duration
+	LeaseMinBlock int64
 
 	// Protocol limits. Small: order requests are a few hundred bytes.
 	MaxRequestLineBytes int // 414 past it
@@ -134,6 +143,8 @@ func DefaultConfig() Config {
 		BreakerStall:        time.Second, // acks take milliseconds; a second of silence is an outage
 		BreakerCooldown:     time.Second,
 		ReconcileAfter:      30 * time.Second, // well past a broker's request timeout
+		LeaseHorizon:        2 * time.Second,
+		LeaseMinBlock:       16,
 		MaxUnknownOrders:    100_000,
 		IngestGroup:         "flashgate-ingest",
 		MaxReadsInFlight:    256,
@@ -153,6 +164,9 @@ var flagConfig = DefaultConfig()
 
 func init() {
 	flag.IntVar(&flagConfig.Loops, "edge.loops", flagConfig.Loops, "event loops (shards) of the edge; 0 = one per core")
+	flag.DurationVar(&flagConfig.LeaseTTL, "edge.leaseTTL", flagConfig.LeaseTTL, "lease stock from the ledger in blocks, for several edges selling the same SKUs (each with its own -edge.nodeID); a lease not renewed this long is reclaimed; 0 = off: this edge loads each SKU's whole stock")
+	flag.DurationVar(&flagConfig.LeaseHorizon, "edge.leaseHorizon", flagConfig.LeaseHorizon, "with leases: a block holds the units this edge sells in this long at its recent rate")
+	flag.Int64Var(&flagConfig.LeaseMinBlock, "edge.leaseMinBlock", flagConfig.LeaseMinBlock, "with leases: the smallest block asked for")
 	flag.IntVar(&flagConfig.NodeID, "edge.nodeID", flagConfig.NodeID, "this edge's id (0-63), unique per edge instance sharing a Kafka cluster; it is part of every order id")
 	flag.IntVar(&flagConfig.MaxRequestLineBytes, "edge.maxRequestLineBytes", flagConfig.MaxRequestLineBytes, "longest request line; longer gets 414")
 	flag.IntVar(&flagConfig.MaxHeaderBytes, "edge.maxHeaderBytes", flagConfig.MaxHeaderBytes, "largest header section in bytes; larger gets 431")
@@ -313,6 +327,10 @@ func (c *Config) validate() error {
 		return fmt.Errorf("edge: no Kafka brokers; possible fix: --kafka-brokers host:port")
 	case c.loops() > 16:
 		return fmt.Errorf("edge: %d event loops, at most 16 fit in an order id; possible fix: -edge.loops 16", c.loops())
+	case c.LeaseTTL != 0 && (c.LeaseTTL < 3*time.Second || c.LeaseTTL < 2*c.DeliveryTimeout):
+		return fmt.Errorf("edge: -edge.leaseTTL %v: use 0 (off) or at least 3s and twice -edge.deliveryTimeout (%v)", c.LeaseTTL, c.DeliveryTimeout)
+	case c.LeaseTTL != 0 && (c.LeaseHorizon < 10*time.Millisecond || c.LeaseMinBlock < 1):
+		return fmt.Errorf("edge: -edge.leaseHorizon %v and -edge.leaseMinBlock %d: want at least 10ms and 1", c.LeaseHorizon, c.LeaseMinBlock)
 	case c.NodeID < 0 || c.NodeID > 63:
 		return fmt.Errorf("edge: -edge.nodeID %d outside [0, 63]", c.NodeID)
 	case c.MaxRequestLineBytes < 64 || c.MaxHeaderBytes < 256 || c.MaxHeaders < 4 || c.MaxBodyBytes < 64:

@@ -139,6 +139,7 @@ type unknownOrder struct {
 	atNs     int64
 	shard    int
 	item     *saleItem
+	epoch    int64
 	purchase *purchaseSlot
 	qty      int64
 	user     string
@@ -233,6 +234,7 @@ type handoff struct {
 	startNs  int64 // when the order was parsed
 	shard    int
 	item     *saleItem
+	epoch    int64         // the item's lease epoch when the units were taken
 	purchase *purchaseSlot // the buyer's counter, for SKUs with a per-user limit
 	qty      int64
 	probe    bool   // the breaker's half-open probe
@@ -262,7 +264,7 @@ func (s *Server) settle(h *handoff, err error, body, scratch []byte) (accepted, 
 		s.breaker.cancelProbe(h.probe)
 	}
 	if definiteFailure(err) {
-		s.compensate(h.shard, h.item, h.purchase, h.idemK, h.qty)
+		s.compensate(h.shard, h.item, h.epoch, h.purchase, h.idemK, h.qty)
 		produceFailedTotal.Inc()
 		return false, true
 	}
@@ -272,7 +274,7 @@ func (s *Server) settle(h *handoff, err error, body, scratch []byte) (accepted, 
 	produceUnknownTotal.Inc()
 	slog.Warn("edge: order outcome unknown; stock kept taken until reconciled", "order_id", h.orderID, "err", err)
 	o := unknownOrder{
-		id: h.orderID, atNs: nowNs, shard: h.shard, item: h.item, purchase: h.purchase, qty: h.qty,
+		id: h.orderID, atNs: nowNs, shard: h.shard, item: h.item, epoch: h.epoch, purchase: h.purchase, qty: h.qty,
 		user: string(h.user), sku: string(h.sku), idemK: append([]byte(nil), h.idemK...), idemHash: h.idemHash,
 	}
 	if !s.unknown.add(o) {
@@ -338,27 +340,8 @@ func (s *Server) reconcile(ctx context.Context) {
 func (s *Server) resolve(ctx context.Context, batch []unknownOrder) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	adm := kadm.NewClient(s.prod)
-	ends, err := adm.ListEndOffsets(ctx, broker.TopicOrderCreated)
-	if err == nil {
-		err = ends.Error()
-	}
-	if err != nil {
-		return fmt.Errorf("reading the end offsets of %s: %w", broker.TopicOrderCreated, err)
-	}
-	for {
-		behind, err := s.ingestBehind(ctx, adm, ends)
-		if err != nil {
-			return err
-		}
-		if behind == 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("ingest group %q is %d records behind the offsets to check", s.cfg.IngestGroup, behind)
-		case <-time.After(100 * time.Millisecond):
-		}
+	if err := s.waitIngest(ctx); err != nil {
+		return err
 	}
 	ids := make([]int64, len(batch))
 	for i, o := range batch {
@@ -379,7 +362,7 @@ func (s *Server) resolve(ctx context.Context, batch []unknownOrder) error {
 			slog.Info("edge: order of unknown outcome is in the ledger; it stands", "order_id", o.id)
 			continue
 		}
-		s.compensate(o.shard, o.item, o.purchase, o.idemK, o.qty)
+		s.compensate(o.shard, o.item, o.epoch, o.purchase, o.idemK, o.qty)
 		reconciledReleasedTotal.Inc()
 		slog.Info("edge: order of unknown outcome never reached Kafka; its stock is given back", "order_id", o.id, "sku", o.sku, "qty", o.qty)
 	}
@@ -388,6 +371,33 @@ func (s *Server) resolve(ctx context.Context, batch []unknownOrder) error {
 
 // ingestBehind returns how many records of ends the ingest group has not
 // committed yet.
+// waitIngest returns once ingest has written every record order.created
+// holds now (its end offsets, listed first) to the ledger, or ctx ends.
+func (s *Server) waitIngest(ctx context.Context) error {
+	adm := kadm.NewClient(s.prod)
+	ends, err := adm.ListEndOffsets(ctx, broker.TopicOrderCreated)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("reading the end offsets of %s: %w", broker.TopicOrderCreated, err)
+	}
+	for {
+		behind, err := s.ingestBehind(ctx, adm, ends)
+		if err != nil {
+			return err
+		}
+		if behind == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("ingest group %q is %d records behind the offsets to check", s.cfg.IngestGroup, behind)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 func (s *Server) ingestBehind(ctx context.Context, adm *kadm.Client, ends kadm.ListedOffsets) (int64, error) {
 	committed, err := adm.FetchOffsets(ctx, s.cfg.IngestGroup)
 	if err != nil {
@@ -418,6 +428,9 @@ func (s *Server) ReloadSKU(ctx context.Context, sku string) (SKUState, error) {
 	it := s.items.lookup([]byte(sku))
 	if it == nil {
 		return SKUState{}, fmt.Errorf("the edge sells no sku %q", sku)
+	}
+	if s.leases != nil {
+		return SKUState{}, fmt.Errorf("this edge leases its stock (-edge.leaseTTL): the ledger's pool and leases account for every unit; there is nothing to reload")
 	}
 	if n := s.unknown.holds(it); n > 0 {
 		return SKUState{}, fmt.Errorf("%d orders of unknown outcome may hold units of %s; reload after they are reconciled (-edge.reconcileAfter)", n, sku)

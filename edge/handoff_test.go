@@ -261,7 +261,7 @@ func TestUnknownOutcomesReconciled(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Addr, cfg.Brokers = freeAddr(t), []string{kf.Addr()}
 	cfg.DeliveryTimeout, cfg.ReconcileAfter = time.Second, 8*time.Second // the steps before the hold is lifted must finish inside ReconcileAfter, on a busy machine too
-	cfg.BreakerFailures, cfg.BreakerStall = 100, time.Hour // this test is about reconciliation
+	cfg.BreakerFailures, cfg.BreakerStall = 100, time.Hour               // this test is about reconciliation
 	s, err := New(cfg, pool)
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,12 @@ var responsesTotal = func() (t [600]*metrics.Counter) {
 var (
 	ordersAcceptedTotal     = metrics.NewCounter(`flashgate_edge_orders_accepted_total`)
 	ordersSoldOutTotal      = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="sold-out"}`)
+	leaseWaitTotal          = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="lease-wait"}`)
+	leaseGrantsTotal        = metrics.NewCounter(`flashgate_edge_lease_grants_total`)
+	leaseUnitsTotal         = metrics.NewCounter(`flashgate_edge_lease_units_total{way="granted"}`)
+	leaseReturnedTotal      = metrics.NewCounter(`flashgate_edge_lease_units_total{way="returned"}`)
+	leaseLostTotal          = metrics.NewCounter(`flashgate_edge_lease_units_total{way="lost"}`)
+	leaseReclaimedTotal     = metrics.NewCounter(`flashgate_edge_lease_units_total{way="reclaimed"}`)
 	ordersInactiveTotal     = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="sale-not-active"}`)
 	ordersUnknownSKUTotal   = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="unknown-sku"}`)
 	ordersInvalidTotal      = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="invalid-request"}`)

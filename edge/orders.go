@@ -205,7 +205,7 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 	sl := cs.push()
 	sl.state.Store(slotPending)
 	sl.close = closeAfter
-	sl.orderID, sl.shard, sl.item, sl.purchase, sl.qty, sl.startNs, sl.probe = id, cs.shard.idx, it, d.purchase, qty, nowNs, d.probe
+	sl.orderID, sl.shard, sl.item, sl.epoch, sl.purchase, sl.qty, sl.startNs, sl.probe = id, cs.shard.idx, it, d.epoch, d.purchase, qty, nowNs, d.probe
 	sl.idemK, sl.idemHash = append(sl.idemK[:0], d.idemK...), d.idemHash
 	if closeAfter {
 		cs.closing = true

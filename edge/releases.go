@@ -72,7 +72,9 @@ func (s *Server) applyRelease(value []byte) bool {
 			break
 		}
 	}
-	it.giveBack(int(ev.ReleaseSeq%int64(len(it.stripes))), ev.Qty)
+	if s.leases == nil { // with leases the units went back to the ledger's pool
+		it.giveBack(int(ev.ReleaseSeq%int64(len(it.stripes))), ev.Qty)
+	}
 	s.purchases.forgive([]byte(ev.UserID), []byte(ev.SKU), ev.Qty)
 	releasesAppliedTotal.Inc()
 	releasedUnitsTotal.Add(int(ev.Qty))

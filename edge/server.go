@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -31,6 +32,8 @@ type Server struct {
 	reads *pgxpool.Pool
 	prod  *kgo.Client
 	items *saleTable
+	// leases is the stock lease manager (-edge.leaseTTL > 0), else nil.
+	leases *leaser
 	// purchases counts units per (user, SKU) for per-user limits.
 	purchases *purchaseTable
 	idem      *idemStore
@@ -111,6 +114,10 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 			return nil, err
 		}
 		s.jwt = v
+	}
+	if cfg.LeaseTTL > 0 {
+		s.items.leased = true
+		s.leases = newLeaser(s)
 	}
 	empty := []*shard{}
 	s.shards.Store(&empty)
@@ -215,6 +222,9 @@ func (s *Server) Start() error {
 	if s.cfg.UnsafeNoKafka {
 		slog.Warn("edge: -edge.unsafeNoKafka is set: orders are answered 202 WITHOUT being recorded anywhere; for benchmarks only")
 	}
+	if s.leases != nil && (s.pool == nil || s.cfg.UnsafeNoKafka) {
+		return errors.New("edge: stock leases (-edge.leaseTTL) need the ledger and Kafka")
+	}
 	loops := s.cfg.loops()
 	reserveProcs(loops)
 	go func() {
@@ -237,6 +247,10 @@ func (s *Server) Start() error {
 				slog.Warn("edge: no ledger: orders of unknown produce outcome keep their stock taken (not reconciled)")
 			}
 			go s.runHandoff(ctx)
+			if s.leases != nil {
+				s.leases.started = true
+				go s.leases.run(ctx)
+			}
 			go s.runReleases(ctx)
 			if s.pool != nil {
 				go s.runEventFeed(ctx)
@@ -277,6 +291,12 @@ func (s *Server) stop(ctx context.Context) error {
 		time.Sleep(2 * time.Millisecond)
 	}
 	s.stopTicker()
+	if s.leases != nil && s.leases.started {
+		<-s.leases.done
+		if err == nil {
+			s.leases.returnAll(ctx) // no order can take a unit now
+		}
+	}
 	if n := s.unknown.len(); n > 0 {
 		slog.Warn("edge: stopping with orders of unknown outcome not reconciled; the next start rebuilds their stock from the ledger", "orders", n)
 	}

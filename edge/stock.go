@@ -41,9 +41,15 @@ type saleItem struct {
 	mu    sync.Mutex   // serialises stock changes (admin plane, load)
 	stock atomic.Int64 // units of the whole sale, as last set
 
-	accepted     atomic.Int64 // orders answered 202
-	releaseSeq   atomic.Int64 // the last stock release (flash-sale.events) counted
-	paused       atomic.Bool  // its stock is being reloaded from the ledger: orders get 503
+	accepted   atomic.Int64 // orders answered 202
+	releaseSeq atomic.Int64 // the last stock release (flash-sale.events) counted
+	paused     atomic.Bool  // its stock is being reloaded from the ledger: orders get 503
+	// With stock leases (leases.go): stock is the units leased in and not
+	// given back; leaseEpoch counts the leases lost, so units of an order
+	// taken under a lost lease are not given back to the next one.
+	leaseEpoch   atomic.Int64
+	poolEmpty    atomic.Bool // the ledger had no more units at the last grant
+	lease        leaseStats  // the lease manager's own (one goroutine)
 	priceCents   atomic.Int64
 	perUserLimit atomic.Int32
 	startsAtNs   atomic.Int64 // 0 = no start bound
@@ -177,11 +183,16 @@ func (it *saleItem) active(nowNs int64) bool {
 }
 
 func (it *saleItem) set(s ledger.SaleItem, takenUnits int64) {
+	it.setTerms(s)
+	it.setStock(s.Stock, takenUnits)
+}
+
+// setTerms sets everything of the item but its stock.
+func (it *saleItem) setTerms(s ledger.SaleItem) {
 	it.priceCents.Store(s.PriceCents)
 	it.perUserLimit.Store(s.PerUserLimit)
 	it.startsAtNs.Store(unixNano(s.StartsAt))
 	it.endsAtNs.Store(unixNano(s.EndsAt))
-	it.setStock(s.Stock, takenUnits)
 }
 
 func unixNano(t time.Time) int64 {
@@ -199,6 +210,7 @@ type saleTable struct {
 	mu      sync.Mutex
 	max     int
 	stripes int
+	leased  bool // stock comes from leases only: put sets the terms
 }
 
 func newSaleTable(maxSKUs, stripes int) *saleTable {
@@ -218,14 +230,22 @@ func (t *saleTable) put(s ledger.SaleItem, takenUnits int64) (*saleItem, error) 
 	defer t.mu.Unlock()
 	old := *t.m.Load()
 	if it, ok := old[s.SKU]; ok {
-		it.set(s, takenUnits)
+		if t.leased {
+			it.setTerms(s)
+		} else {
+			it.set(s, takenUnits)
+		}
 		return it, nil
 	}
 	if err := t.roomFor(s.SKU); err != nil {
 		return nil, err
 	}
 	it := newSaleItem(s.SKU, t.stripes)
-	it.set(s, max(0, takenUnits))
+	if t.leased {
+		it.setTerms(s)
+	} else {
+		it.set(s, max(0, takenUnits))
+	}
 	m := make(map[string]*saleItem, len(old)+1)
 	for k, v := range old {
 		m[k] = v

@@ -201,3 +201,25 @@ func LoadPurchases(ctx context.Context, q Querier, fn func(user, sku string, uni
 	}
 	return rows.Err()
 }
+
+// SaleItemTerms returns every sale item without counting its orders: what an
+// edge that leases its stock needs to learn of items put through another
+// edge, cheaply enough to ask every second.
+func SaleItemTerms(ctx context.Context, q Querier) ([]SaleItem, error) {
+	rows, err := q.Query(ctx, `SELECT sku, stock, price_cents, per_user_limit, starts_at, ends_at, sale_started_at FROM sale_items ORDER BY sku`)
+	if err != nil {
+		return nil, fmt.Errorf("reading sale items: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (SaleItem, error) {
+		var s SaleItem
+		var starts, ends *time.Time
+		err := r.Scan(&s.SKU, &s.Stock, &s.PriceCents, &s.PerUserLimit, &starts, &ends, &s.SaleStartedAt)
+		if starts != nil {
+			s.StartsAt = *starts
+		}
+		if ends != nil {
+			s.EndsAt = *ends
+		}
+		return s, err
+	})
+}

@@ -90,3 +90,11 @@ func Time(id int64) time.Time {
 
 // Valid reports whether id could have come from a Generator.
 func Valid(id int64) bool { return id > 0 }
+
+// Node returns the node id (edge instance) that made id.
+func Node(id int64) int { return int(id>>(seqBits+shardBits)) & MaxNode }
+
+// NodeSQL is Node as a PostgreSQL expression over the bigint column col.
+func NodeSQL(col string) string {
+	return fmt.Sprintf("((%s >> %d) & %d)", col, seqBits+shardBits, MaxNode)
+}

@@ -1,0 +1,225 @@
+package edge
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/testenv"
+)
+
+// startLeasingEdges runs n edges with stock leases on one broker, ledger and
+// ingest, as nodes 1..n.
+func startLeasingEdges(t *testing.T, n int, ttl time.Duration) ([]*Server, ledger.TxBeginner) {
+	t.Helper()
+	kf := testenv.Broker(t, 3)
+	pool, url := testenv.Ledger(t)
+	startIngest(t, kf, url)
+	var edges []*Server
+	for i := 1; i <= n; i++ {
+		cfg := DefaultConfig()
+		cfg.Addr, cfg.Brokers, cfg.NodeID = freeAddr(t), []string{kf.Addr()}, i
+		cfg.LeaseTTL, cfg.DeliveryTimeout, cfg.ReconcileAfter = ttl, ttl/2, ttl/2
+		cfg.LeaseMinBlock = 4
+		cfg.RatePerIP = RateLimit{} // every client is 127.0.0.1
+		s, err := New(cfg, pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.LoadSaleItems(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Stop(context.Background()) })
+		edges = append(edges, s)
+	}
+	return edges, pool
+}
+
+// waitKnown waits until every edge has learnt of sku from the ledger (each
+// reads the items' terms every second).
+func waitKnown(t *testing.T, edges []*Server, sku string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for _, s := range edges {
+		for {
+			if _, ok := s.SKU(sku); ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("edge %d never learnt of %s", s.cfg.NodeID, sku)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// sellOut sends orders from new users to every edge until each refuses them as
+// sold out, retrying the 503s of an edge waiting for its next block, and
+// returns the 202s per edge.
+func sellOut(t *testing.T, edges []*Server, sku string, clientsPerEdge int) []int64 {
+	t.Helper()
+	accepted := make([]int64, len(edges))
+	var users atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(2 * time.Minute)
+	for e, s := range edges {
+		for c := 0; c < clientsPerEdge; c++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Now().Before(deadline) {
+					code, _, body := postOrder(t, s.cfg.Addr, fmt.Sprint("lu", users.Add(1)), sku)
+					switch code {
+					case http.StatusAccepted:
+						atomic.AddInt64(&accepted[e], 1)
+					case http.StatusConflict:
+						return // sold out: this edge and the pool are empty
+					case http.StatusServiceUnavailable:
+						time.Sleep(20 * time.Millisecond)
+					default:
+						t.Errorf("edge %d: %d %s", e+1, code, body)
+						return
+					}
+				}
+				t.Errorf("edge %d never answered sold out", e+1)
+			}()
+		}
+	}
+	wg.Wait()
+	return accepted
+}
+
+// Three edges sell one SKU from leased blocks: together exactly its stock,
+// not one unit more (no oversell) or less (no edge says sold out while units
+// are left anywhere), each edge selling part of it; the ledger agrees.
+func TestLeasedEdgesSellExactlyTheStock(t *testing.T) {
+	edges, pool := startLeasingEdges(t, 3, 6*time.Second)
+	const stock = 600
+	// Put through the first edge; the others learn of it from the ledger.
+	if _, err := edges[0].PutSaleItem(context.Background(), ledger.SaleItem{SKU: "LEASED-1", Stock: stock, PriceCents: 100}); err != nil {
+		t.Fatal(err)
+	}
+	waitKnown(t, edges, "LEASED-1")
+	accepted := sellOut(t, edges, "LEASED-1", 6)
+	var total int64
+	for i, n := range accepted {
+		total += n
+		if n == 0 {
+			t.Errorf("edge %d sold nothing", i+1)
+		}
+	}
+	if total != stock {
+		t.Fatalf("edges accepted %v = %d orders of a stock of %d", accepted, total, stock)
+	}
+	p, err := ledger.StockPool(context.Background(), pool, "LEASED-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out int64
+	for _, n := range p.Outstanding {
+		out += n
+	}
+	if p.Pool != 0 || p.Pool+p.Taken+out != stock {
+		t.Fatalf("ledger: pool %d, taken %d, outstanding %v; want 0 + %d in orders and leases", p.Pool, p.Taken, p.Outstanding, stock)
+	}
+	t.Logf("accepted per edge %v; ledger taken %d, in flight to it %d", accepted, p.Taken, out)
+}
+
+// An edge that dies holding leased units: once its lease has expired (and
+// its last produce could have landed) the others reclaim the units and sell
+// them; in all, exactly the stock.
+func TestDeadEdgesLeaseIsReclaimed(t *testing.T) {
+	edges, pool := startLeasingEdges(t, 3, 4*time.Second)
+	const stock = 200
+	dead := edges[0]
+	if _, err := dead.PutSaleItem(context.Background(), ledger.SaleItem{SKU: "LEASED-2", Stock: stock, PriceCents: 100}); err != nil {
+		t.Fatal(err)
+	}
+	waitKnown(t, edges, "LEASED-2")
+	// The doomed edge takes a block and sells a little of it.
+	sold := 0
+	for sold < 3 {
+		code, _, body := postOrder(t, dead.cfg.Addr, fmt.Sprint("d", sold), "LEASED-2")
+		switch code {
+		case 202:
+			sold++
+		case 503:
+			time.Sleep(20 * time.Millisecond)
+		default:
+			t.Fatalf("order on the doomed edge: %d %s", code, body)
+		}
+	}
+	it := dead.items.lookup([]byte("LEASED-2"))
+	held := it.remaining()
+	if held == 0 {
+		t.Fatal("the doomed edge holds no units: the test would prove nothing")
+	}
+	// It dies: no more renewals, returns or orders (its connections stay
+	// open but it sells nothing: a process frozen, as far as the ledger can
+	// tell).
+	dead.stopTicker()
+	<-dead.leases.done
+	it.mu.Lock()
+	it.drain() // what it held is gone with it
+	it.mu.Unlock()
+
+	// The others sell what the pool has (the dead edge's units are not in it
+	// until its lease expires), then, once those are reclaimed, the rest.
+	accepted := sellOut(t, edges[1:], "LEASED-2", 4)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		p, err := ledger.StockPool(context.Background(), pool, "LEASED-2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Outstanding[dead.cfg.NodeID] == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dead edge's lease still holds %d units after a minute", p.Outstanding[dead.cfg.NodeID])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// A live edge that found the pool empty asks again within a quarter of
+	// -edge.leaseHorizon; until then it answers sold out. Sell until the
+	// pool is empty and the live edges hold nothing.
+	for {
+		for i, n := range sellOut(t, edges[1:], "LEASED-2", 4) {
+			accepted[i] += n
+		}
+		p, err := ledger.StockPool(context.Background(), pool, "LEASED-2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		left := p.Pool
+		for _, e := range edges[1:] {
+			left += e.items.lookup([]byte("LEASED-2")).remaining()
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d units left unsold a minute on", left)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	total := int64(sold) + accepted[0] + accepted[1]
+	if total != stock {
+		t.Fatalf("sold %d on the dead edge + %v on the others = %d, want the stock %d (the dead edge held %d)", sold, accepted, total, stock, held)
+	}
+	p, err := ledger.StockPool(context.Background(), pool, "LEASED-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Pool != 0 || p.Outstanding[dead.cfg.NodeID] != 0 {
+		t.Fatalf("ledger after the reclaim: pool %d, outstanding %v; want the dead node's lease empty", p.Pool, p.Outstanding)
+	}
+}

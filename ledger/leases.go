@@ -1,0 +1,304 @@
+package ledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/flashgate/flashgate/lib/orderid"
+)
+
+// Stock leases let several edges sell one SKU without a shared counter: each
+// edge (node) leases blocks of units from the ledger, sells them from its own
+// striped counters, and gives back what it does not need.
+//
+// A unit is always in exactly one of three places: the SKU's pool, a lease,
+// or an order holding stock. With, per lease, granted and returned as running
+// totals and sold the units of the node's orders of the sale generation
+// (whatever their state):
+//
+//	outstanding(lease) = granted - returned - sold        units the edge may still sell
+//	pool               = stock - taken - Σ outstanding    taken: units of orders holding stock
+//
+// An order that lands moves its units from outstanding to taken (pool
+// unchanged); one cancelled or expired moves them from taken to the pool. So
+// the pool is exact at any moment, with orders still in Kafka counted in
+// their lease, and grants need not wait for ingest. An edge whose lease
+// expires (it died, or lost the ledger) has its outstanding units reclaimed
+// into the pool, once ingest has caught up past the end of its last produce.
+//
+// Every change to a SKU's leases locks its sale_items row, so grants, returns
+// and reclaims of one SKU are serialised and never hand out a unit twice.
+
+// ErrLeaseLost is returned when a lease expired before it was renewed or
+// returned: its units are (or will be) reclaimed by the ledger, and the edge
+// must not sell them.
+var ErrLeaseLost = errors.New("the stock lease expired")
+
+// Grant is the answer to a lease request.
+type Grant struct {
+	Units     int64     // units granted now (0 when the pool is empty)
+	Pool      int64     // units left in the pool after the grant
+	ExpiresAt time.Time // the lease's expiry, by the ledger's clock
+}
+
+// LeaseStock leases up to want units of sku to node for ttl (renewing the
+// node's lease of the SKU). Near the end of stock the grant shrinks: at most
+// the pool divided among the nodes holding live leases, so that no edge sits
+// on units another could sell.
+func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want int64, ttl time.Duration) (Grant, error) {
+	var g Grant
+	err := pgx.BeginTxFunc(ctx, db, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		st, err := lockPool(ctx, tx, sku)
+		if err != nil {
+			return err
+		}
+		if l, ok := st.leases[node]; !ok {
+			st.live++
+		} else if !l.live && l.outstanding > 0 {
+			// Expired with units out: they come back when the ledger
+			// reclaims them (ReclaimExpiredLeases), not by reviving the lease.
+			return ErrLeaseLost
+		}
+		share := st.pool
+		if st.live > 1 {
+			share = (st.pool + int64(st.live) - 1) / int64(st.live)
+		}
+		g.Units = max(0, min(want, share))
+		g.Pool = st.pool - g.Units
+		if _, err := tx.Exec(ctx, `UPDATE sale_items SET starved_at = CASE WHEN $2 THEN now() END
+			WHERE sku = $1 AND (starved_at IS NULL) = $2`, sku, g.Units < want); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `INSERT INTO stock_leases (sku, sale_started_at, node_id, granted, expires_at)
+			VALUES ($1, $2, $3, $4, now() + $5::interval)
+			ON CONFLICT (sku, sale_started_at, node_id) DO UPDATE
+			SET granted = stock_leases.granted + EXCLUDED.granted, expires_at = EXCLUDED.expires_at, updated_at = now()
+			RETURNING expires_at`, sku, st.startedAt, node, g.Units, ttl.String()).Scan(&g.ExpiresAt)
+	})
+	if errors.Is(err, ErrLeaseLost) {
+		return Grant{}, err
+	} else if err != nil {
+		return Grant{}, fmt.Errorf("leasing stock of %s: %w", sku, err)
+	}
+	return g, nil
+}
+
+// ReturnStock gives units of node's lease of sku back to the pool. It fails
+// with ErrLeaseLost when the lease has expired (the ledger reclaims its
+// units itself; returning them too would count them twice).
+func ReturnStock(ctx context.Context, db TxBeginner, sku string, node int, units int64) error {
+	if units <= 0 {
+		return nil
+	}
+	return pgx.BeginTxFunc(ctx, db, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		st, err := lockPool(ctx, tx, sku)
+		if err != nil {
+			return err
+		}
+		if l, ok := st.leases[node]; !ok || !l.live {
+			return ErrLeaseLost
+		} else if units > l.outstanding {
+			return fmt.Errorf("returning %d units of %s, but node %d's lease holds %d", units, sku, node, l.outstanding)
+		}
+		_, err = tx.Exec(ctx, `UPDATE stock_leases SET returned = returned + $4, updated_at = now()
+			WHERE sku = $1 AND sale_started_at = $2 AND node_id = $3`, sku, st.startedAt, node, units)
+		return err
+	})
+}
+
+// Renewal is what RenewLeases found.
+type Renewal struct {
+	Lost     []string // SKUs whose lease had expired: stop selling their units
+	Starving []string // SKUs renewed whose pool an edge found short lately: give back what is not needed
+}
+
+// RenewLeases extends node's live leases by ttl.
+func RenewLeases(ctx context.Context, q Querier, node int, ttl time.Duration) (Renewal, error) {
+	var r Renewal
+	rows, err := q.Query(ctx, `WITH renewed AS (
+			UPDATE stock_leases l SET expires_at = now() + $2::interval
+			FROM sale_items s
+			WHERE l.node_id = $1 AND l.sku = s.sku AND l.sale_started_at = s.sale_started_at AND l.expires_at > now()
+			RETURNING l.sku, s.starved_at)
+		SELECT l.sku, r.sku IS NOT NULL, COALESCE(r.starved_at > now() - interval '5 seconds', false)
+		FROM stock_leases l JOIN sale_items s ON l.sku = s.sku AND l.sale_started_at = s.sale_started_at
+		LEFT JOIN renewed r ON r.sku = l.sku
+		WHERE l.node_id = $1`, node, ttl.String())
+	if err != nil {
+		return r, fmt.Errorf("renewing the stock leases of node %d: %w", node, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var sku string
+		var renewed, starving bool
+		if err := rows.Scan(&sku, &renewed, &starving); err != nil {
+			return r, err
+		}
+		switch {
+		case !renewed:
+			r.Lost = append(r.Lost, sku)
+		case starving:
+			r.Starving = append(r.Starving, sku)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return r, fmt.Errorf("renewing the stock leases of node %d: %w", node, err)
+	}
+	return r, nil
+}
+
+// Reclaimed is a lease whose outstanding units went back to the pool.
+type Reclaimed struct {
+	SKU   string
+	Node  int
+	Units int64
+}
+
+// ReclaimExpiredLeases puts the outstanding units of every lease that
+// expired before expiredBefore back into its SKU's pool. Call it only when
+// ingest has caught up with every record produced before expiredBefore (an
+// edge stops selling before its lease expires, and its last produce lands
+// within its delivery timeout): the units of orders still in Kafka would
+// otherwise be counted free.
+func ReclaimExpiredLeases(ctx context.Context, db TxBeginner, expiredBefore time.Time) ([]Reclaimed, error) {
+	var skus []string
+	err := pgx.BeginTxFunc(ctx, db, snapshotTx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT DISTINCT l.sku FROM stock_leases l JOIN sale_items s
+			ON l.sku = s.sku AND l.sale_started_at = s.sale_started_at WHERE l.expires_at < $1`, expiredBefore)
+		if err != nil {
+			return err
+		}
+		skus, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("finding expired stock leases: %w", err)
+	}
+	var out []Reclaimed
+	for _, sku := range skus {
+		err := pgx.BeginTxFunc(ctx, db, pgx.TxOptions{}, func(tx pgx.Tx) error {
+			st, err := lockPool(ctx, tx, sku)
+			if err != nil {
+				return err
+			}
+			for node, l := range st.leases {
+				if !l.expiredBefore(expiredBefore) || l.outstanding <= 0 {
+					continue
+				}
+				if _, err := tx.Exec(ctx, `UPDATE stock_leases SET returned = returned + $4, updated_at = now()
+					WHERE sku = $1 AND sale_started_at = $2 AND node_id = $3`, sku, st.startedAt, node, l.outstanding); err != nil {
+					return err
+				}
+				out = append(out, Reclaimed{SKU: sku, Node: node, Units: l.outstanding})
+			}
+			return nil
+		})
+		if err != nil {
+			return out, fmt.Errorf("reclaiming the expired stock leases of %s: %w", sku, err)
+		}
+	}
+	return out, nil
+}
+
+// LeasePool is a SKU's pool and leases, for status pages and tests.
+type LeasePool struct {
+	Stock, Taken, Pool int64
+	Outstanding        map[int]int64 // per node
+}
+
+// StockPool reads sku's pool and the outstanding units of each lease.
+func StockPool(ctx context.Context, db TxBeginner, sku string) (LeasePool, error) {
+	var p LeasePool
+	err := pgx.BeginTxFunc(ctx, db, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		st, err := lockPool(ctx, tx, sku)
+		if err != nil {
+			return err
+		}
+		p = LeasePool{Stock: st.stock, Taken: st.taken, Pool: st.pool, Outstanding: map[int]int64{}}
+		for node, l := range st.leases {
+			p.Outstanding[node] = l.outstanding
+		}
+		return nil
+	})
+	return p, err
+}
+
+type leaseState struct {
+	outstanding int64
+	live        bool
+	expiresAt   time.Time
+}
+
+func (l leaseState) expiredBefore(t time.Time) bool { return l.expiresAt.Before(t) }
+
+type poolState struct {
+	startedAt          time.Time
+	stock, taken, pool int64
+	leases             map[int]leaseState
+	live               int // leases not expired
+}
+
+// lockPool locks sku's sale_items row and computes its pool and leases.
+func lockPool(ctx context.Context, tx pgx.Tx, sku string) (poolState, error) {
+	st := poolState{leases: map[int]leaseState{}}
+	err := tx.QueryRow(ctx, `SELECT stock, sale_started_at FROM sale_items WHERE sku = $1 FOR UPDATE`, sku).Scan(&st.stock, &st.startedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return st, fmt.Errorf("no sale item %q", sku)
+	} else if err != nil {
+		return st, err
+	}
+	// Per node: the units of its orders of this generation (sold from its
+	// lease), and the units of all orders that hold stock.
+	rows, err := tx.Query(ctx, `SELECT `+orderid.NodeSQL("order_id")+`, sum(qty),
+			COALESCE(sum(qty) FILTER (WHERE status NOT IN ('cancelled', 'expired')), 0)
+		FROM orders WHERE sku = $1 AND created_at >= $2 GROUP BY 1`, sku, st.startedAt)
+	if err != nil {
+		return st, err
+	}
+	sold := map[int]int64{}
+	for rows.Next() {
+		var node int
+		var all, holding int64
+		if err := rows.Scan(&node, &all, &holding); err != nil {
+			rows.Close()
+			return st, err
+		}
+		sold[node] = all
+		st.taken += holding
+	}
+	if err := rows.Err(); err != nil {
+		return st, err
+	}
+	rows, err = tx.Query(ctx, `SELECT node_id, granted - returned, expires_at, expires_at > now()
+		FROM stock_leases WHERE sku = $1 AND sale_started_at = $2`, sku, st.startedAt)
+	if err != nil {
+		return st, err
+	}
+	var held int64
+	for rows.Next() {
+		var node int
+		var l leaseState
+		var net int64
+		if err := rows.Scan(&node, &net, &l.expiresAt, &l.live); err != nil {
+			rows.Close()
+			return st, err
+		}
+		// A node that sold more than it leased (it sold before leases were
+		// on) holds nothing; counting it as 0 keeps the pool on the safe side.
+		l.outstanding = max(0, net-sold[node])
+		st.leases[node] = l
+		held += l.outstanding
+		if l.live {
+			st.live++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return st, err
+	}
+	st.pool = st.stock - st.taken - held
+	return st, nil
+}

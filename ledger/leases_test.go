@@ -1,0 +1,160 @@
+package ledger_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/lib/order"
+	"github.com/flashgate/flashgate/lib/orderid"
+	"github.com/flashgate/flashgate/lib/testenv"
+)
+
+// Nodes racing for a SKU's units are granted exactly its stock in total,
+// never more; near the end the grants shrink to a share of the pool; units
+// sold, returned and cancelled move between lease, order and pool so that
+// stock = pool + taken + outstanding holds after every step.
+func TestLeasesNeverGrantAUnitTwice(t *testing.T) {
+	pool, _ := testenv.Ledger(t)
+	ctx := context.Background()
+	const stock = 500
+	item, err := ledger.PutSaleItem(ctx, pool, ledger.SaleItem{SKU: "LEASE-1", Stock: stock, PriceCents: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var granted atomic.Int64
+	var wg sync.WaitGroup
+	for node := 0; node < 8; node++ {
+		wg.Add(1)
+		go func(node int) {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(node), 7))
+			for {
+				g, err := ledger.LeaseStock(ctx, pool, "LEASE-1", node, 1+r.Int64N(40), time.Minute)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				granted.Add(g.Units)
+				if g.Units == 0 {
+					return
+				}
+			}
+		}(node)
+	}
+	wg.Wait()
+	if granted.Load() != stock {
+		t.Fatalf("granted %d units of %d in total", granted.Load(), stock)
+	}
+	checkPool(t, pool, "LEASE-1", stock, 0)
+
+	// A node holding units sells 3 (orders it made), one of them is
+	// cancelled, and it gives 2 back: the pool gets the cancelled unit and
+	// the 2.
+	p, err := ledger.StockPool(ctx, pool, "LEASE-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seller := -1
+	for node, n := range p.Outstanding {
+		if n >= 5 {
+			seller = node
+		}
+	}
+	if seller < 0 {
+		t.Fatalf("no node holds 5 units: %v", p.Outstanding)
+	}
+	gen := orderid.MustNew(seller, 0)
+	var os []order.Order
+	for i := 0; i < 3; i++ {
+		id := gen.Next()
+		os = append(os, order.Order{ID: id, UserID: fmt.Sprint("u", i), SKU: "LEASE-1", Qty: 1, PriceCents: 100, CreatedAt: orderid.Time(id)})
+	}
+	if item.SaleStartedAt.After(os[0].CreatedAt) {
+		t.Fatalf("order dated %v before the sale's start %v", os[0].CreatedAt, item.SaleStartedAt)
+	}
+	if _, err := ledger.InsertOrders(ctx, pool, os); err != nil {
+		t.Fatal(err)
+	}
+	checkPool(t, pool, "LEASE-1", stock, 0) // a landed order moves units from its lease to taken
+	if _, err := ledger.Cancel(ctx, pool, os[0].ID, os[0].UserID); err != nil {
+		t.Fatal(err)
+	}
+	checkPool(t, pool, "LEASE-1", stock, 1)
+	if err := ledger.ReturnStock(ctx, pool, "LEASE-1", seller, 2); err != nil {
+		t.Fatal(err)
+	}
+	checkPool(t, pool, "LEASE-1", stock, 3)
+
+	// Three live leases share a pool of 3: one unit each at most.
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-1", (seller+1)%8, 100, time.Minute); err != nil || g.Units > 1 {
+		t.Fatalf("grant from a pool of 3 among 8 live leases: %+v, %v; want at most 1", g, err)
+	}
+}
+
+// A lease that expires cannot be returned or renewed; once reclaimed its
+// units are in the pool again, and its node may lease anew.
+func TestExpiredLeaseIsReclaimed(t *testing.T) {
+	pool, _ := testenv.Ledger(t)
+	ctx := context.Background()
+	if _, err := ledger.PutSaleItem(ctx, pool, ledger.SaleItem{SKU: "LEASE-2", Stock: 50, PriceCents: 100}); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 5, 20, time.Second); err != nil || g.Units != 20 {
+		t.Fatalf("first grant: %+v, %v", g, err)
+	}
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 6, 10, time.Hour); err != nil || g.Units != 10 {
+		t.Fatalf("second node's grant: %+v, %v", g, err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		r, err := ledger.RenewLeases(ctx, pool, 5, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Lost) == 1 && r.Lost[0] == "LEASE-2" {
+			break // the renewal came after the expiry
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the lease never expired")
+		}
+		time.Sleep(1100 * time.Millisecond) // longer than the TTL: the next renewal is late
+	}
+	if err := ledger.ReturnStock(ctx, pool, "LEASE-2", 5, 1); !errors.Is(err, ledger.ErrLeaseLost) {
+		t.Fatalf("return on an expired lease: %v, want ErrLeaseLost", err)
+	}
+	if _, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 5, 1, time.Minute); !errors.Is(err, ledger.ErrLeaseLost) {
+		t.Fatalf("grant to a node whose expired lease holds units: %v, want ErrLeaseLost until reclaimed", err)
+	}
+	got, err := ledger.ReclaimExpiredLeases(ctx, pool, time.Now().Add(time.Minute))
+	if err != nil || len(got) != 1 || got[0] != (ledger.Reclaimed{SKU: "LEASE-2", Node: 5, Units: 20}) {
+		t.Fatalf("reclaimed %+v, %v; want node 5's 20 units (node 6's lease is live)", got, err)
+	}
+	checkPool(t, pool, "LEASE-2", 50, 40)
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 5, 3, time.Minute); err != nil || g.Units != 3 {
+		t.Fatalf("grant after the reclaim: %+v, %v", g, err)
+	}
+}
+
+// checkPool asserts stock = pool + taken + outstanding and the pool's size.
+func checkPool(t *testing.T, pool ledger.TxBeginner, sku string, stock, wantPool int64) {
+	t.Helper()
+	p, err := ledger.StockPool(context.Background(), pool, sku)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out int64
+	for _, n := range p.Outstanding {
+		out += n
+	}
+	if p.Pool+p.Taken+out != stock || p.Pool != wantPool {
+		t.Fatalf("%s: pool %d + taken %d + outstanding %d (%v) = %d, want stock %d with pool %d",
+			sku, p.Pool, p.Taken, out, p.Outstanding, p.Pool+p.Taken+out, stock, wantPool)
+	}
+}

@@ -21,7 +21,7 @@ import (
 var (
 	replayTrace    = flag.String("replay.trace", "", "replay: the trace file to send (flashgate tracegen makes one)")
 	replayEnv      = flag.String("replay.env", "", "replay: a dev.env (KEY=VALUE lines: EDGE_URL, ADMIN_URL, DATABASE_URL, KAFKA_BROKERS) naming the stack to replay against; default <-data-dir>/dev.env when it exists")
-	replayEdge     = flag.String("replay.edge", "", "replay: the edge's host:port (overrides EDGE_URL of -replay.env)")
+	replayEdge     = flag.String("replay.edge", "", "replay: the edge's host:port, or several comma-separated (each user's requests go to one of them, as behind a load balancer with user affinity); overrides EDGE_URL of -replay.env")
 	replayAdmin    = flag.String("replay.admin", "", "replay: the admin plane's URL, where the trace's sale items are put on sale and the hot SKUs' stock is read (overrides ADMIN_URL); \"none\": the items are on sale already under -replay.runID")
 	replaySpeed    = flag.Float64("replay.speed", 1, "replay: trace time / replay time; 2 sends the trace twice as fast")
 	replayRate     = flag.Float64("replay.rate", 0, "replay: send this many requests per second, ignoring the trace's timing (0: the trace's timing × -replay.speed)")

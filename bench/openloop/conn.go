@@ -35,6 +35,8 @@ type flight struct {
 type worker struct {
 	r    *Runner
 	id   int
+	addr string          // the server this worker's connection goes to
+	due  <-chan *Request // the requests for addr
 	mu   sync.Mutex // guards conn against Runner.abort; only the worker changes conn
 	conn net.Conn
 	rr   *respReader
@@ -57,6 +59,8 @@ func newWorker(r *Runner, id int) *worker {
 	return &worker{
 		r:       r,
 		id:      id,
+		addr:    r.addrs[id%len(r.addrs)],
+		due:     r.due[id%len(r.addrs)],
 		rr:      newRespReader(nil),
 		wbuf:    make([]byte, 0, 4096),
 		batch:   make([]*Request, 0, r.cfg.Pipeline),
@@ -67,7 +71,7 @@ func newWorker(r *Runner, id int) *worker {
 
 func (w *worker) run() {
 	defer w.shutdown()
-	due := w.r.due
+	due := w.due
 	for {
 		s, ok := <-due
 		if !ok {
@@ -237,7 +241,7 @@ func (w *worker) flush(now time.Duration) {
 
 // dialStart opens the first connection, before the run starts.
 func (w *worker) dialStart() error {
-	c, err := w.r.dialer.DialContext(w.r.dialCtx, "tcp", w.r.cfg.Addr)
+	c, err := w.r.dialer.DialContext(w.r.dialCtx, "tcp", w.addr)
 	if err != nil {
 		return err
 	}
@@ -251,7 +255,7 @@ func (w *worker) dial() error {
 	if now < w.nextDial {
 		return w.dialErr
 	}
-	c, err := w.r.dialer.DialContext(w.r.dialCtx, "tcp", w.r.cfg.Addr)
+	c, err := w.r.dialer.DialContext(w.r.dialCtx, "tcp", w.addr)
 	if err != nil {
 		w.dialErr, w.nextDial = err, now+w.r.cfg.RedialInterval
 		return err

@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,7 +39,9 @@ import (
 
 // Config of a run. The zero value of each field means its default.
 type Config struct {
-	// Addr is the server's host:port.
+	// Addr is the server's host:port, or several, comma-separated: the
+	// connections are spread over them, and a request goes to the address
+	// of its Lane (a load balancer with affinity, e.g. by user).
 	Addr string
 	// Conns is the number of keep-alive connections, all opened before the
 	// first request. A request due while every connection is busy waits for
@@ -127,10 +130,15 @@ func (c *Config) setDefaults() {
 }
 
 func (c *Config) validate() error {
-	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
-		return fmt.Errorf("openloop: Addr %q is not host:port: %w", c.Addr, err)
+	addrs := strings.Split(c.Addr, ",")
+	for _, a := range addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("openloop: Addr %q is not host:port (or a comma-separated list of them): %w", c.Addr, err)
+		}
 	}
 	switch {
+	case c.Conns < len(addrs):
+		return fmt.Errorf("openloop: %d connections for %d addresses: want at least one each", c.Conns, len(addrs))
 	case c.Conns < 1 || c.Conns > maxConns:
 		return fmt.Errorf("openloop: Conns %d is outside 1..%d", c.Conns, maxConns)
 	case c.Pipeline < 1 || c.Pipeline > maxPipeline:
@@ -166,8 +174,9 @@ type Runner struct {
 	src     Source
 	rec     *recorder
 	end     time.Duration // Warmup+Duration, or MaxInt64
-	free    chan *Request // request slots the Source may fill
-	due     chan *Request // filled slots whose intended time has come
+	free    chan *Request   // request slots the Source may fill
+	due     []chan *Request // per address: filled slots whose intended time has come
+	addrs   []string
 	workers []*worker
 	started atomic.Bool
 	aborted atomic.Bool // the drain timed out: connections are cut, queued requests are unsent
@@ -195,8 +204,11 @@ func New(cfg Config, src Source) (*Runner, error) {
 		src:  src,
 		rec:  newRecorder(),
 		end:  math.MaxInt64,
-		free: make(chan *Request, cfg.Queue),
-		due:  make(chan *Request, cfg.Queue),
+		free:  make(chan *Request, cfg.Queue),
+		addrs: strings.Split(cfg.Addr, ","),
+	}
+	for range r.addrs {
+		r.due = append(r.due, make(chan *Request, cfg.Queue))
 	}
 	if cfg.Duration > 0 {
 		r.end = cfg.Warmup + cfg.Duration
@@ -249,7 +261,7 @@ func (r *Runner) Run(ctx context.Context) (*Result, error) {
 			}
 			r.cutDial()
 			return nil, fmt.Errorf("openloop: connection %d of %d to %s: %w; possible fix: check that the server listens there and accepts %d connections",
-				i+1, len(r.workers), r.cfg.Addr, err, len(r.workers))
+				i+1, len(r.workers), w.addr, err, len(r.workers))
 		}
 	}
 	r.mu.Lock()
@@ -265,7 +277,9 @@ func (r *Runner) Run(ctx context.Context) (*Result, error) {
 		}()
 	}
 	stoppedAt, cancelled := r.dispatch(ctx)
-	close(r.due)
+	for _, due := range r.due {
+		close(due)
+	}
 
 	finished := make(chan struct{})
 	go func() {
@@ -308,7 +322,9 @@ func (r *Runner) Progress() Progress {
 	if p.Warmup {
 		p.Sent, p.Responses, p.Non2xx, p.Errors = 0, 0, 0, 0
 	}
-	p.Queued = len(r.due)
+	for _, due := range r.due {
+		p.Queued += len(due)
+	}
 	return p
 }
 
@@ -350,14 +366,15 @@ func (r *Runner) dispatch(ctx context.Context) (stoppedAt time.Duration, cancell
 		if !r.sleepUntil(sl, done, s.At) {
 			return r.now(), true
 		}
+		due := r.due[int(s.Lane%uint32(len(r.due)))]
 		select {
-		case r.due <- s:
+		case due <- s:
 			s = nil
 			continue
 		default:
 		}
 		select { // the queue is full: every connection is busy and the backlog is at Queue
-		case r.due <- s:
+		case due <- s:
 			s = nil
 		case <-done:
 			r.countUnsent(s, false)

@@ -627,3 +627,50 @@ func TestOnResponseReportsErrors(t *testing.T) {
 		t.Fatalf("errors reported without a kind: %v", kinds)
 	}
 }
+
+// laneSource sends n requests to /lane/<i%lanes>, each in lane i%lanes.
+type laneSource struct {
+	i, n  uint64
+	lanes uint32
+}
+
+func (s *laneSource) Next(r *Request) bool {
+	if s.i == s.n {
+		return false
+	}
+	lane := uint32(s.i) % s.lanes
+	r.At, r.Tag, r.Lane = time.Duration(s.i)*time.Millisecond, s.i, lane
+	r.Raw = AppendRequest(r.Raw[:0], "GET", "127.0.0.1", fmt.Sprintf("/lane/%d", lane), nil, nil)
+	s.i++
+	return true
+}
+
+// With several addresses, each request goes to the address of its lane, and
+// every address gets connections.
+func TestLanesPickTheAddress(t *testing.T) {
+	const lanes = 3
+	var got [lanes]map[string]int
+	var mu sync.Mutex
+	var addrs []string
+	for i := 0; i < lanes; i++ {
+		got[i] = map[string]int{}
+		srv := statusServer(t, func(r *http.Request) {
+			mu.Lock()
+			got[i][r.URL.Path]++
+			mu.Unlock()
+		})
+		addrs = append(addrs, addrOf(srv))
+	}
+	res := run(t, Config{Addr: strings.Join(addrs, ","), Conns: 6}, &laneSource{n: 300, lanes: lanes})
+	if res.Responses != 300 || res.Errors != 0 {
+		t.Fatalf("responses %d errors %d (%v)", res.Responses, res.Errors, res.FirstErrors)
+	}
+	for i := 0; i < lanes; i++ {
+		if len(got[i]) != 1 || got[i][fmt.Sprintf("/lane/%d", i)] != 100 {
+			t.Errorf("server %d got %v, want its lane's 100 requests only", i, got[i])
+		}
+	}
+	if _, err := New(Config{Addr: strings.Join(addrs, ","), Conns: 2}, &laneSource{n: 1, lanes: 1}); err == nil {
+		t.Error("2 connections for 3 addresses were accepted")
+	}
+}

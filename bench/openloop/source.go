@@ -22,6 +22,9 @@ type Request struct {
 	// request came from and what it was about. Aux is copied like Raw.
 	Tag uint64
 	Aux []byte
+	// Lane picks the address, when Config.Addr lists several: Lane modulo
+	// their number. Requests of one lane go to one server.
+	Lane uint32
 }
 
 // Source yields the requests of a run in non-decreasing order of At.

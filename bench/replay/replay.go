@@ -25,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,7 +40,7 @@ import (
 type Config struct {
 	Trace    string // path of the trace file
 	Target   string // name of what is replayed against, for the report ("flashgate")
-	EdgeAddr string // host:port of the edge
+	EdgeAddr string // host:port of the edge, or several comma-separated (each user's requests go to one)
 	// AdminURL is the admin plane (http://host:port): the sale items are put
 	// there before the first request, and the hot SKUs' stock is polled from
 	// it. Empty: neither (the items must be on sale already, under RunID).
@@ -216,7 +217,7 @@ func Run(ctx context.Context, cfg Config) (*Outcome, error) {
 	return out, nil
 }
 
-func hostOf(addr string) string { return addr }
+func hostOf(addr string) string { first, _, _ := strings.Cut(addr, ","); return first }
 
 // progress prints a line per second until stop closes.
 func progress(w io.Writer, runner *openloop.Runner, rec *recorder, total uint64, stop <-chan struct{}) {

@@ -58,9 +58,21 @@ func (s *source) Next(r *openloop.Request) bool {
 		}
 		s.sent++
 		r.At, r.Raw, r.Tag = at, raw, seq
+		r.Lane = userLane(rec.User)
 		r.Aux = appendAux(r.Aux[:0], rec)
 		return true
 	}
+}
+
+// userLane keeps each user on one edge when the replay is spread over
+// several (a load balancer with user affinity: per-user limits and
+// Idempotency-Keys are counted per edge). FNV-1a of the user id.
+func userLane(user []byte) uint32 {
+	h := uint32(2166136261)
+	for _, c := range user {
+		h = (h ^ uint32(c)) * 16777619
+	}
+	return h
 }
 
 // build appends the request for rec; false when it cannot be made (a cancel

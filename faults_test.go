@@ -130,7 +130,7 @@ type splitStack struct {
 	backends           []string // the edge's and ingest's flags for them
 }
 
-func startSplitStack(t *testing.T, dir string) *splitStack {
+func startSplitStack(t *testing.T, dir string, edgeArgs ...string) *splitStack {
 	t.Helper()
 	ctx := context.Background()
 	st := &splitStack{}
@@ -171,7 +171,7 @@ func startSplitStack(t *testing.T, dir string) *splitStack {
 	st.backends = []string{"-kafka-brokers", st.kafkaAddr, "-database-url", st.dbURL}
 	st.ing = newChild(t, filepath.Join(dir, "ingest.log"), nil, append([]string{"ingest"}, st.backends...)...)
 	st.edgeAddr = freeAddr(t)
-	st.edge, st.adminURL = st.newEdge(t, dir, "edge")
+	st.edge, st.adminURL = st.newEdge(t, dir, "edge", edgeArgs...)
 	st.ing.start()
 	st.edge.start()
 	return st
@@ -192,6 +192,11 @@ func splitStackSale(t *testing.T) (seed uint64, dir string, st *splitStack, trac
 // newEdge is a `flashgate edge` on the stack's edge address with an admin
 // plane of its own; it is ready once its admin plane answers.
 func (st *splitStack) newEdge(t *testing.T, dir, name string, extra ...string) (*child, string) {
+	return st.newEdgeAt(t, dir, name, st.edgeAddr, extra...)
+}
+
+// newEdgeAt is newEdge on another address.
+func (st *splitStack) newEdgeAt(t *testing.T, dir, name, addr string, extra ...string) (*child, string) {
 	adminAddr := freeAddr(t)
 	adminURL := "http://" + adminAddr
 	ready := func() bool {
@@ -202,7 +207,7 @@ func (st *splitStack) newEdge(t *testing.T, dir, name string, extra ...string) (
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	}
-	args := append([]string{"edge", "-edge-addr", st.edgeAddr, "-admin-addr", adminAddr}, st.backends...)
+	args := append([]string{"edge", "-edge-addr", addr, "-admin-addr", adminAddr}, st.backends...)
 	return newChild(t, filepath.Join(dir, name+".log"), ready, append(args, extra...)...), adminURL
 }
 

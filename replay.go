@@ -26,6 +26,7 @@ var (
 	replaySpeed    = flag.Float64("replay.speed", 1, "replay: trace time / replay time; 2 sends the trace twice as fast")
 	replayRate     = flag.Float64("replay.rate", 0, "replay: send this many requests per second, ignoring the trace's timing (0: the trace's timing × -replay.speed)")
 	replayLimit    = flag.Uint64("replay.limit", 0, "replay: send only the first N records of the trace (0: all)")
+	replaySettle   = flag.Duration("replay.settle", 0, "replay: wait this long after putting the sale items before the first request (several edges with -edge.leaseTTL: 2s lets every edge learn of them and lease its first blocks)")
 	replayConns    = flag.Int("replay.conns", 256, "replay: keep-alive connections; a request due while all are busy waits and the wait counts as latency")
 	replayPipeline = flag.Int("replay.pipeline", 1, "replay: most requests written at once per connection (those already due); 1 = no pipelining")
 	replayTimeout  = flag.Duration("replay.timeout", 10*time.Second, "replay: per response; slower is an error (its order may still stand) and the connection is replaced")
@@ -48,7 +49,7 @@ func runReplay(ctx context.Context) error {
 	}
 	cfg := replay.Config{
 		Trace: *replayTrace, Target: *replayTarget, EdgeAddr: env.edge, AdminURL: env.admin, AdminToken: edge.AdminToken(),
-		Speed: *replaySpeed, Rate: *replayRate, Limit: *replayLimit, Conns: *replayConns, Pipeline: *replayPipeline,
+		Speed: *replaySpeed, Rate: *replayRate, Limit: *replayLimit, Settle: *replaySettle, Conns: *replayConns, Pipeline: *replayPipeline,
 		Timeout: *replayTimeout, Drain: *replayDrain, RunID: *replayRunID, HotSKUs: *replayHot,
 	}
 	if cfg.RunID == "" {

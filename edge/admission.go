@@ -53,6 +53,8 @@ func (s *Server) admit(shard int, sc *admitScratch, user, sku []byte, qty int64,
 		d := refuse(503, probUnavailable, "the edge is shutting down", 1, drainRefusedTotal)
 		d.closeConn = true
 		return d
+	case s.leases != nil && !s.leases.valid(nowNs):
+		return refuse(503, probUnavailable, "this edge cannot renew its stock leases with the ledger now; retry after Retry-After seconds", 1, leaseWaitTotal)
 	}
 	d := decision{id: s.gens[shard].Next(), item: it}
 	if len(idemKey) > 0 {
@@ -114,7 +116,9 @@ func (s *Server) admit(shard int, sc *admitScratch, user, sku []byte, qty int64,
 	}
 	if late {
 		if r := s.reservePurchase(&d, user, sku, qty, limit); r.status != 0 {
-			it.giveBack(shard, qty)
+			if it.leaseEpoch.Load() == d.epoch { // else the ledger reclaims them
+				it.giveBack(shard, qty)
+			}
 			return r
 		}
 	}

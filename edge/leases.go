@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/flashgate/flashgate/ledger"
@@ -21,31 +23,38 @@ import (
 //     -edge.leaseMinBlock) whenever less than half of that is left, and the
 //     ledger grants at most the pool divided among the edges holding leases,
 //     so blocks shrink near the end of stock.
-//   - An edge that holds more than twice its need while the pool is empty
-//     gives the excess back, for the edges that are selling.
 //   - An edge with no units whose last grant found the pool not empty answers
 //     503 + Retry-After (more stock is on its way), not sold out; sold out
 //     means this edge and the pool are both empty.
 //   - Leases are renewed every second (at most TTL/3); the renewal also says
-//     which SKUs another edge found the pool short of lately, and an edge
-//     holding more than twice its need of one gives the excess back.
-//   - An edge that could not renew stops
-//     selling its leased units TTL/4 before the ledger's expiry (by its own
-//     clock, counted from before the renewal was sent); a lease found expired
-//     is given up (its units leave the counters). The units of an order taken
-//     under a lost lease are not given back if the order fails: the ledger
-//     reclaims them.
+//     which SKUs another edge found the pool short of lately, and for two
+//     seconds this edge keeps only what it sells in half a horizon (none
+//     if it sells none) and gives the rest back.
+//   - The event loops sell leased units only until TTL/4 before the ledger's
+//     expiry of the last renewal (by this edge's clock, counted from before
+//     the renewal was sent). An edge that cannot renew in time gives its
+//     units up and ends its leases in the ledger as soon as it can reach it;
+//     a lease found expired is given up. The units of an order taken under a
+//     lost lease are not given back if the order fails: the ledger reclaims
+//     them.
+//   - A starting edge ends the leases a previous process with its node id
+//     held: their units come back by reclaim, so it waits about a delivery
+//     timeout before it can lease them again.
 //   - Every edge reclaims leases expired for longer than its delivery timeout
 //     (the last produce of a dead edge has landed by then) once ingest has
 //     caught up: their unsold units go back to the pool.
-//   - On Stop, after every order in flight is answered, the edge returns what
-//     it holds.
+//   - Grants and returns carry an operation number; one whose answer was lost
+//     is asked again with the same number, so it applies once.
+//   - A draining edge gives back what it holds and leases nothing; on Stop,
+//     after every order in flight is answered, it returns the rest.
 type leaser struct {
 	s          *Server
 	kick       chan struct{} // an event loop ran dry: top up now
 	started    bool
 	done       chan struct{} // closed when run returns
-	validUntil int64         // ns by this edge's clock; the manager's own
+	validUntil atomic.Int64  // ns by this edge's clock: leased units may be sold until then
+	op         int64         // the last operation number
+	needExpire bool          // units were given up: end the leases in the ledger
 	lastRenew  time.Time
 	lastClaim  time.Time
 	lastTerms  time.Time
@@ -57,11 +66,24 @@ type leaseStats struct {
 	lastAt       time.Time
 	rate         float64 // orders per second, smoothed
 	waitUntil    time.Time
+	othersStarve time.Time // until then another edge finds the pool short
+	pending      *leaseOp  // a grant or return whose answer was lost
+}
+
+// leaseOp is a grant or return to ask again with the same number.
+type leaseOp struct {
+	op    int64
+	grant bool
+	units int64 // wanted (grant) or taken out of the stripes (return)
+	asked time.Time
 }
 
 func newLeaser(s *Server) *leaser {
-	return &leaser{s: s, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	return &leaser{s: s, kick: make(chan struct{}, 1), done: make(chan struct{}), op: time.Now().UnixNano()}
 }
+
+// valid reports whether leased units may be sold at nowNs.
+func (l *leaser) valid(nowNs int64) bool { return nowNs < l.validUntil.Load() }
 
 // mayGetMore reports whether an order refused for want of units should be
 // told to retry (the pool had units at the last grant), and wakes the manager.
@@ -77,10 +99,17 @@ func (l *leaser) mayGetMore(it *saleItem) bool {
 	return true
 }
 
-const leaseTick = 100 * time.Millisecond
+const (
+	leaseTick         = 100 * time.Millisecond
+	leaseRenewEvery   = time.Second
+	leaseReclaimEvery = 2 * time.Second
+)
 
 func (l *leaser) run(ctx context.Context) {
 	defer close(l.done)
+	// A previous process with this node id may have held units it no longer
+	// has: end its leases before taking new ones.
+	l.needExpire = true
 	t := time.NewTicker(leaseTick)
 	defer t.Stop()
 	for {
@@ -97,30 +126,46 @@ func (l *leaser) run(ctx context.Context) {
 func (l *leaser) step(ctx context.Context) {
 	cfg := &l.s.cfg
 	now := time.Now()
-	if now.Sub(l.lastRenew) >= min(cfg.LeaseTTL/3, time.Second) {
-		l.renew(ctx, now)
+	if !l.valid(now.UnixNano()) {
+		l.dropAll("the stock leases could not be renewed in time")
 	}
-	if now.UnixNano() >= l.validUntil {
-		l.dropAll("the ledger could not be reached to renew the stock leases")
+	if l.needExpire {
+		if err := l.call(ctx, func(ctx context.Context) error { return ledger.ExpireLeases(ctx, l.s.pool, cfg.NodeID) }); err != nil {
+			slog.Warn("edge: ending this node's stock leases failed; retrying", "err", err)
+			return // no renewal, no grant before it
+		}
+		l.needExpire = false
+	}
+	if now.Sub(l.lastRenew) >= min(cfg.LeaseTTL/3, leaseRenewEvery) {
+		l.renew(ctx, now)
 	}
 	if now.Sub(l.lastTerms) >= time.Second {
 		l.lastTerms = now
 		l.refreshTerms(ctx)
 	}
-	if now.Sub(l.lastClaim) >= cfg.LeaseTTL/2 {
+	if now.Sub(l.lastClaim) >= leaseReclaimEvery {
 		l.lastClaim = now
 		l.reclaim(ctx)
 	}
 	for _, it := range l.s.items.all() {
-		l.topUp(ctx, it, now)
+		l.topUp(ctx, it, time.Now())
 	}
+}
+
+// call runs a ledger call under a deadline of TTL/4.
+func (l *leaser) call(ctx context.Context, f func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, l.s.cfg.LeaseTTL/4)
+	defer cancel()
+	return f(ctx)
 }
 
 // refreshTerms learns the sale items put (or changed) through other edges.
 func (l *leaser) refreshTerms(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	items, err := ledger.SaleItemTerms(ctx, l.s.pool)
+	var items []ledger.SaleItem
+	err := l.call(ctx, func(ctx context.Context) (err error) {
+		items, err = ledger.SaleItemTerms(ctx, l.s.pool)
+		return err
+	})
 	if err != nil {
 		slog.Warn("edge: reading the sale items' terms", "err", err)
 		return
@@ -135,23 +180,25 @@ func (l *leaser) refreshTerms(ctx context.Context) {
 // renew extends this edge's leases; those the ledger says expired are given up.
 func (l *leaser) renew(ctx context.Context, sent time.Time) {
 	cfg := &l.s.cfg
-	ctx, cancel := context.WithTimeout(ctx, cfg.LeaseTTL/4)
-	defer cancel()
-	r, err := ledger.RenewLeases(ctx, l.s.pool, cfg.NodeID, cfg.LeaseTTL)
+	var r ledger.Renewal
+	err := l.call(ctx, func(ctx context.Context) (err error) {
+		r, err = ledger.RenewLeases(ctx, l.s.pool, cfg.NodeID, cfg.LeaseTTL)
+		return err
+	})
 	if err != nil {
 		slog.Warn("edge: renewing the stock leases failed; retrying", "err", err)
 		return
 	}
 	l.lastRenew = sent
-	l.validUntil = sent.Add(cfg.LeaseTTL - cfg.LeaseTTL/4).UnixNano()
 	for _, sku := range r.Lost {
 		if it := l.s.items.lookup([]byte(sku)); it != nil {
 			l.drop(it, "the lease expired before it was renewed")
 		}
 	}
+	l.validUntil.Store(sent.Add(cfg.LeaseTTL - cfg.LeaseTTL/4).UnixNano())
 	for _, sku := range r.Starving {
 		if it := l.s.items.lookup([]byte(sku)); it != nil {
-			it.poolEmpty.Store(true) // another edge wants units: topUp gives the excess back
+			it.lease.othersStarve = sent.Add(2 * time.Second) // topUp gives back what this edge does not need now
 		}
 	}
 }
@@ -162,8 +209,12 @@ func (l *leaser) drop(it *saleItem, why string) {
 	it.mu.Lock()
 	defer it.mu.Unlock()
 	it.leaseEpoch.Add(1)
-	n := it.drain()
-	it.stock.Add(-n)
+	n := it.drainAll()
+	if p := it.lease.pending; p != nil && !p.grant {
+		n += p.units // a return whose answer was lost: reclaimed too, if it did not apply
+	}
+	it.lease.pending = nil
+	it.stock.Store(0)
 	if n > 0 {
 		leaseLostTotal.Add(int(n))
 		slog.Warn("edge: stock lease lost; its units are reclaimed by the ledger", "sku", it.sku, "units", n, "why", why)
@@ -172,24 +223,30 @@ func (l *leaser) drop(it *saleItem, why string) {
 
 func (l *leaser) dropAll(why string) {
 	for _, it := range l.s.items.all() {
-		if it.remaining() > 0 {
+		if it.remaining() > 0 || it.lease.pending != nil {
 			l.drop(it, why)
+			l.needExpire = true
 		}
 	}
 }
 
-// drain takes every unit out of the stripes and returns how many. Call with
-// it.mu held.
-func (it *saleItem) drain() int64 {
+// drainAll takes every unit out of the stripes, also those an order in
+// flight gathers from several stripes and puts back when short, and
+// returns how many. Call with it.mu held.
+func (it *saleItem) drainAll() int64 {
 	var n int64
-	for i := range it.stripes {
-		n += it.stripes[i].takeUpTo(1 << 62)
+	for {
+		for i := range it.stripes {
+			n += it.stripes[i].takeUpTo(1 << 62)
+		}
+		if it.borrowers.Load() == 0 {
+			return n
+		}
+		runtime.Gosched()
 	}
-	return n
 }
 
-// topUp leases more units of it when it runs low, or gives back the excess
-// while the pool is empty.
+// topUp leases more units of it when it runs low, or gives back the excess.
 func (l *leaser) topUp(ctx context.Context, it *saleItem, now time.Time) {
 	cfg := &l.s.cfg
 	st := &it.lease
@@ -200,37 +257,65 @@ func (l *leaser) topUp(ctx context.Context, it *saleItem, now time.Time) {
 		}
 	}
 	st.lastAccepted, st.lastAt = it.accepted.Load(), now
-	if it.paused.Load() || (it.endsAtNs.Load() != 0 && now.UnixNano() >= it.endsAtNs.Load()) {
+	if p := st.pending; p != nil {
+		if p.grant {
+			l.grant(ctx, it, p, now)
+		} else {
+			l.giveBack(ctx, it, 0, p)
+		}
 		return
 	}
-	need := max(cfg.LeaseMinBlock, int64(st.rate*cfg.LeaseHorizon.Seconds()+0.5))
 	rem := it.remaining()
+	if l.s.draining.Load() { // leaving: what this edge holds is for the others
+		if rem > 0 {
+			l.giveBack(ctx, it, rem, nil)
+		}
+		return
+	}
+	if it.paused.Load() || (it.endsAtNs.Load() != 0 && now.UnixNano() >= it.endsAtNs.Load()) || !l.valid(now.UnixNano()) {
+		return
+	}
+	sells := int64(st.rate*cfg.LeaseHorizon.Seconds() + 0.5) // what this edge sells in a horizon
+	need := max(cfg.LeaseMinBlock, sells)
+	// Another edge wants units the pool lacks: keep only what this edge
+	// sells in half a horizon (nothing, if it sells none).
+	if keep := sells / 2; now.Before(st.othersStarve) && rem > keep {
+		l.giveBack(ctx, it, rem-keep, nil)
+		return
+	}
 	switch {
-	case rem < need/2+1 && now.After(st.waitUntil) && now.UnixNano() < l.validUntil:
-		l.grant(ctx, it, need-rem, now)
+	case rem < need/2+1 && now.After(st.waitUntil):
+		l.op++
+		l.grant(ctx, it, &leaseOp{op: l.op, grant: true, units: need - rem, asked: now}, now)
 	case rem > 2*need && it.poolEmpty.Load():
-		l.giveBack(ctx, it, rem-need)
+		l.giveBack(ctx, it, rem-need, nil)
 	}
 }
 
-func (l *leaser) grant(ctx context.Context, it *saleItem, want int64, now time.Time) {
+// grant asks the ledger for p.units more units of it (again, if p was asked
+// before and its answer was lost).
+func (l *leaser) grant(ctx context.Context, it *saleItem, p *leaseOp, now time.Time) {
 	cfg := &l.s.cfg
-	ctx, cancel := context.WithTimeout(ctx, cfg.LeaseTTL/4)
-	defer cancel()
-	g, err := ledger.LeaseStock(ctx, l.s.pool, it.sku, cfg.NodeID, want, cfg.LeaseTTL)
+	var g ledger.Grant
+	err := l.call(ctx, func(ctx context.Context) (err error) {
+		g, err = ledger.LeaseStock(ctx, l.s.pool, it.sku, cfg.NodeID, p.units, cfg.LeaseTTL, p.op)
+		return err
+	})
 	switch {
 	case errors.Is(err, ledger.ErrLeaseLost):
 		it.lease.waitUntil = now.Add(time.Second) // until the ledger reclaims it
 		l.drop(it, "the lease expired before it was renewed")
 		return
 	case err != nil:
-		it.lease.waitUntil = now.Add(200 * time.Millisecond)
-		slog.Warn("edge: leasing stock failed; retrying", "sku", it.sku, "err", err)
+		// It may have committed: ask again with the same number.
+		it.lease.pending = p
+		slog.Warn("edge: leasing stock failed; asking again", "sku", it.sku, "err", err)
 		return
 	}
-	it.poolEmpty.Store(g.Units < want && g.Pool <= 0)
+	it.lease.pending = nil
+	it.poolEmpty.Store(g.Units < p.units && g.Pool <= 0)
 	if it.poolEmpty.Load() {
-		it.lease.waitUntil = now.Add(cfg.LeaseHorizon / 4) // the pool refills only by returns and cancellations
+		it.lease.waitUntil = now.Add(cfg.LeaseHorizon / 4) // the pool refills only by returns, reclaims and cancellations
 	}
 	if g.Units == 0 {
 		return
@@ -243,29 +328,40 @@ func (l *leaser) grant(ctx context.Context, it *saleItem, want int64, now time.T
 	leaseUnitsTotal.Add(int(g.Units))
 }
 
-// giveBack returns up to n units the edge holds of it to the pool.
-func (l *leaser) giveBack(ctx context.Context, it *saleItem, n int64) {
+// giveBack returns up to n units the edge holds of it to the pool, or asks
+// again about p, a return whose answer was lost (its units are out of the
+// stripes already, and stay out: they may be in the pool).
+func (l *leaser) giveBack(ctx context.Context, it *saleItem, n int64, p *leaseOp) {
 	it.mu.Lock()
 	defer it.mu.Unlock()
-	var took int64
-	for i := range it.stripes {
-		took += it.stripes[i].takeUpTo(n - took)
+	if p == nil {
+		var took int64
+		for i := range it.stripes {
+			took += it.stripes[i].takeUpTo(n - took)
+		}
+		if took == 0 {
+			return
+		}
+		l.op++
+		p = &leaseOp{op: l.op, units: took, asked: time.Now()}
 	}
-	if took == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, l.s.cfg.LeaseTTL/4)
-	defer cancel()
-	switch err := ledger.ReturnStock(ctx, l.s.pool, it.sku, l.s.cfg.NodeID, took); {
+	err := l.call(ctx, func(ctx context.Context) error {
+		return ledger.ReturnStock(ctx, l.s.pool, it.sku, l.s.cfg.NodeID, p.units, p.op)
+	})
+	switch {
 	case err == nil:
-		it.stock.Add(-took)
-		leaseReturnedTotal.Add(int(took))
+		it.lease.pending = nil
+		it.stock.Add(-p.units)
+		leaseReturnedTotal.Add(int(p.units))
 	case errors.Is(err, ledger.ErrLeaseLost):
+		it.lease.pending = nil
 		it.leaseEpoch.Add(1)
-		it.stock.Add(-took - it.drain())
+		lost := p.units + it.drainAll()
+		it.stock.Store(0)
+		leaseLostTotal.Add(int(lost))
 	default:
-		it.spread(took) // still ours
-		slog.Warn("edge: returning leased stock failed", "sku", it.sku, "units", took, "err", err)
+		it.lease.pending = p // never back into the stripes: it may have committed
+		slog.Warn("edge: returning leased stock failed; asking again", "sku", it.sku, "units", p.units, "err", err)
 	}
 }
 
@@ -273,25 +369,27 @@ func (l *leaser) giveBack(ctx context.Context, it *saleItem, n int64) {
 // no order can take one).
 func (l *leaser) returnAll(ctx context.Context) {
 	for _, it := range l.s.items.all() {
-		if rem := it.remaining(); rem > 0 {
-			l.giveBack(ctx, it, rem)
+		if p := it.lease.pending; p != nil && !p.grant {
+			l.giveBack(ctx, it, 0, p)
+		}
+		if rem := it.remaining(); rem > 0 && it.lease.pending == nil {
+			l.giveBack(ctx, it, rem, nil)
 		}
 	}
 }
 
-// reclaim puts the units of leases that expired longer than a delivery
-// timeout ago back into the pool, once ingest has written every order
-// produced until now.
+// reclaim puts the units of leases expired longer than a delivery timeout
+// ago back into the pool, once ingest has written every order produced
+// until now.
 func (l *leaser) reclaim(ctx context.Context) {
 	cfg := &l.s.cfg
 	ctx, cancel := context.WithTimeout(ctx, cfg.LeaseTTL/2)
 	defer cancel()
-	before := time.Now().Add(-cfg.DeliveryTimeout) // by the ledger's clock, within the skew the TTL/4 margin covers
 	if err := l.s.waitIngest(ctx); err != nil {
 		slog.Debug("edge: not reclaiming expired leases yet", "err", err)
 		return
 	}
-	got, err := ledger.ReclaimExpiredLeases(ctx, l.s.pool, before)
+	got, err := ledger.ReclaimExpiredLeases(ctx, l.s.pool, cfg.DeliveryTimeout)
 	for _, r := range got {
 		leaseReclaimedTotal.Add(int(r.Units))
 		slog.Info("edge: reclaimed the units of an expired stock lease", "sku", r.SKU, "node", r.Node, "units", r.Units)

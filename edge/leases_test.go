@@ -3,7 +3,10 @@ package edge
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,20 +17,32 @@ import (
 )
 
 // startLeasingEdges runs n edges with stock leases on one broker, ledger and
-// ingest, as nodes 1..n.
-func startLeasingEdges(t *testing.T, n int, ttl time.Duration) ([]*Server, ledger.TxBeginner) {
+// ingest, as nodes 1..n. ledgerURL, if given, maps the ledger's URL to the
+// one edge i uses.
+func startLeasingEdges(t *testing.T, n int, ttl time.Duration, ledgerURL ...func(i int, url string) string) ([]*Server, ledger.TxBeginner) {
 	t.Helper()
 	kf := testenv.Broker(t, 3)
 	pool, url := testenv.Ledger(t)
 	startIngest(t, kf, url)
 	var edges []*Server
 	for i := 1; i <= n; i++ {
+		edgePool := pool
+		if len(ledgerURL) > 0 {
+			if u := ledgerURL[0](i, url); u != url {
+				p, err := ledger.Open(context.Background(), u, 4)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(p.Close)
+				edgePool = p
+			}
+		}
 		cfg := DefaultConfig()
 		cfg.Addr, cfg.Brokers, cfg.NodeID = freeAddr(t), []string{kf.Addr()}, i
 		cfg.LeaseTTL, cfg.DeliveryTimeout, cfg.ReconcileAfter = ttl, ttl/2, ttl/2
 		cfg.LeaseMinBlock = 4
 		cfg.RatePerIP = RateLimit{} // every client is 127.0.0.1
-		s, err := New(cfg, pool)
+		s, err := New(cfg, edgePool)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -168,7 +183,7 @@ func TestDeadEdgesLeaseIsReclaimed(t *testing.T) {
 	dead.stopTicker()
 	<-dead.leases.done
 	it.mu.Lock()
-	it.drain() // what it held is gone with it
+	it.drainAll() // what it held is gone with it
 	it.mu.Unlock()
 
 	// The others sell what the pool has (the dead edge's units are not in it
@@ -222,4 +237,144 @@ func TestDeadEdgesLeaseIsReclaimed(t *testing.T) {
 	if p.Pool != 0 || p.Outstanding[dead.cfg.NodeID] != 0 {
 		t.Fatalf("ledger after the reclaim: pool %d, outstanding %v; want the dead node's lease empty", p.Pool, p.Outstanding)
 	}
+}
+
+// tcpProxy forwards connections to target until cut: then it closes them
+// and refuses new ones (a network partition between one edge and the ledger).
+type tcpProxy struct {
+	l      net.Listener
+	target string
+	cut    atomic.Bool
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func startProxy(t *testing.T, target string) *tcpProxy {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{l: l, target: target}
+	t.Cleanup(func() { l.Close(); p.Cut() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			if p.cut.Load() {
+				c.Close()
+				continue
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			go func() { io.Copy(u, c); u.Close() }()
+			go func() { io.Copy(c, u); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *tcpProxy) Cut() {
+	p.cut.Store(true)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// An edge cut off from the ledger (Kafka still reachable) stops selling its
+// leased units before its lease expires; the others reclaim what it did not
+// sell and sell it. In all, exactly the stock: the cut-off edge never sells
+// a unit the ledger has given to another.
+func TestCutOffEdgeStopsSellingItsLease(t *testing.T) {
+	var proxy *tcpProxy
+	edges, pool := startLeasingEdges(t, 3, 6*time.Second, func(i int, raw string) string {
+		if i != 1 {
+			return raw
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		proxy = startProxy(t, u.Host)
+		u.Host = proxy.l.Addr().String()
+		return u.String()
+	})
+	const stock = 300
+	cut := edges[0]
+	if _, err := edges[1].PutSaleItem(context.Background(), ledger.SaleItem{SKU: "LEASED-3", Stock: stock, PriceCents: 100}); err != nil {
+		t.Fatal(err)
+	}
+	waitKnown(t, edges, "LEASED-3")
+	var cutSold atomic.Int64
+	for cutSold.Load() < 60 { // a sell rate that makes its blocks grow
+		if n := cut.items.lookup([]byte("LEASED-3")).remaining(); n >= 20 && cutSold.Load() >= 20 {
+			break
+		}
+		code, _, body := postOrder(t, cut.cfg.Addr, fmt.Sprint("c", cutSold.Load()), "LEASED-3")
+		switch code {
+		case 202:
+			cutSold.Add(1)
+		case 503:
+			time.Sleep(20 * time.Millisecond)
+		default:
+			t.Fatalf("order on the edge to be cut off: %d %s", code, body)
+		}
+	}
+	reclaimedBefore := leaseReclaimedTotal.Get()
+	proxy.Cut()
+	heldAtCut, _ := ledger.StockPool(context.Background(), pool, "LEASED-3")
+	t.Logf("at the cut: the edge holds %d, its lease %d, pool %d", cut.items.lookup([]byte("LEASED-3")).remaining(), heldAtCut.Outstanding[cut.cfg.NodeID], heldAtCut.Pool)
+	// The others sell what the pool has, then, once the cut-off edge's
+	// lease is reclaimed, the rest.
+	deadline := time.Now().Add(2 * time.Minute)
+	var accepted int64
+	reclaimed := false
+	for {
+		for _, n := range sellOut(t, edges[1:], "LEASED-3", 4) {
+			accepted += n
+		}
+		p, err := ledger.StockPool(context.Background(), pool, "LEASED-3")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reclaimed && p.Outstanding[cut.cfg.NodeID] == 0 {
+			reclaimed = true
+			// Its units are the others' now: the cut-off edge, which never
+			// heard of it, must not sell one of them.
+			for i := 0; i < 50; i++ {
+				code, _, body := postOrder(t, cut.cfg.Addr, fmt.Sprint("late", i), "LEASED-3")
+				if code != 503 {
+					t.Fatalf("the cut-off edge answered %d after its lease was reclaimed: %s", code, body)
+				}
+			}
+		}
+		left := p.Pool + p.Outstanding[cut.cfg.NodeID]
+		for _, e := range edges[1:] {
+			left += e.items.lookup([]byte("LEASED-3")).remaining()
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d units left unsold (pool %d, cut-off edge's lease %d) two minutes on", left, p.Pool, p.Outstanding[cut.cfg.NodeID])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if total := accepted + cutSold.Load(); total != stock {
+		t.Fatalf("sold %d on the others + %d on the cut-off edge = %d, want the stock %d", accepted, cutSold.Load(), total, stock)
+	}
+	if leaseReclaimedTotal.Get() == reclaimedBefore {
+		t.Fatal("nothing was reclaimed: the cut-off edge held no units the test could lose")
+	}
+	t.Logf("the cut-off edge sold %d, the others %d; %d units reclaimed", cutSold.Load(), accepted, leaseReclaimedTotal.Get()-reclaimedBefore)
 }

@@ -20,7 +20,7 @@ import (
 // totals and sold the units of the node's orders of the sale generation
 // (whatever their state):
 //
-//	outstanding(lease) = granted - returned - sold        units the edge may still sell
+//	outstanding(lease) = granted - returned - (sold - sold_base)   units the edge may still sell
 //	pool               = stock - taken - Σ outstanding    taken: units of orders holding stock
 //
 // An order that lands moves its units from outstanding to taken (pool
@@ -48,20 +48,27 @@ type Grant struct {
 // LeaseStock leases up to want units of sku to node for ttl (renewing the
 // node's lease of the SKU). Near the end of stock the grant shrinks: at most
 // the pool divided among the nodes holding live leases, so that no edge sits
-// on units another could sell.
-func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want int64, ttl time.Duration) (Grant, error) {
+// on units another could sell. op numbers the request (increasing per node):
+// asked again with the same op after an error, it answers what it granted
+// then, if it had committed.
+func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want int64, ttl time.Duration, op int64) (Grant, error) {
 	var g Grant
 	err := pgx.BeginTxFunc(ctx, db, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		st, err := lockPool(ctx, tx, sku)
 		if err != nil {
 			return err
 		}
-		if l, ok := st.leases[node]; !ok {
-			st.live++
-		} else if !l.live && l.outstanding > 0 {
+		l, ok := st.leases[node]
+		switch {
+		case ok && l.lastOp == op:
+			g.Units, g.Pool, g.ExpiresAt = l.lastUnits, st.pool, l.expiresAt // answered already
+			return nil
+		case ok && !l.live && l.outstanding > 0:
 			// Expired with units out: they come back when the ledger
 			// reclaims them (ReclaimExpiredLeases), not by reviving the lease.
 			return ErrLeaseLost
+		case !ok || !l.live:
+			st.live++
 		}
 		share := st.pool
 		if st.live > 1 {
@@ -69,15 +76,19 @@ func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want i
 		}
 		g.Units = max(0, min(want, share))
 		g.Pool = st.pool - g.Units
-		if _, err := tx.Exec(ctx, `UPDATE sale_items SET starved_at = CASE WHEN $2 THEN now() END
-			WHERE sku = $1 AND (starved_at IS NULL) = $2`, sku, g.Units < want); err != nil {
+		// The pool itself is short of what was asked: the other edges give
+		// back what they do not need (RenewLeases tells them).
+		starved := st.pool < want
+		if _, err := tx.Exec(ctx, `UPDATE sale_items SET starved_at = CASE WHEN $2 THEN now() END, starved_by = CASE WHEN $2 THEN $3::integer END
+			WHERE sku = $1 AND ($2 OR starved_at IS NOT NULL)`, sku, starved, node); err != nil {
 			return err
 		}
-		return tx.QueryRow(ctx, `INSERT INTO stock_leases (sku, sale_started_at, node_id, granted, expires_at)
-			VALUES ($1, $2, $3, $4, now() + $5::interval)
+		return tx.QueryRow(ctx, `INSERT INTO stock_leases (sku, sale_started_at, node_id, granted, sold_base, last_op, last_units, expires_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $4, now() + $7::interval)
 			ON CONFLICT (sku, sale_started_at, node_id) DO UPDATE
-			SET granted = stock_leases.granted + EXCLUDED.granted, expires_at = EXCLUDED.expires_at, updated_at = now()
-			RETURNING expires_at`, sku, st.startedAt, node, g.Units, ttl.String()).Scan(&g.ExpiresAt)
+			SET granted = stock_leases.granted + EXCLUDED.granted, expires_at = EXCLUDED.expires_at,
+				last_op = EXCLUDED.last_op, last_units = EXCLUDED.last_units, updated_at = now()
+			RETURNING expires_at`, sku, st.startedAt, node, g.Units, st.sold[node], op, ttl.String()).Scan(&g.ExpiresAt)
 	})
 	if errors.Is(err, ErrLeaseLost) {
 		return Grant{}, err
@@ -89,8 +100,9 @@ func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want i
 
 // ReturnStock gives units of node's lease of sku back to the pool. It fails
 // with ErrLeaseLost when the lease has expired (the ledger reclaims its
-// units itself; returning them too would count them twice).
-func ReturnStock(ctx context.Context, db TxBeginner, sku string, node int, units int64) error {
+// units itself; returning them too would count them twice). op numbers the
+// request as for LeaseStock: a retry of a return that committed is a no-op.
+func ReturnStock(ctx context.Context, db TxBeginner, sku string, node int, units, op int64) error {
 	if units <= 0 {
 		return nil
 	}
@@ -99,13 +111,17 @@ func ReturnStock(ctx context.Context, db TxBeginner, sku string, node int, units
 		if err != nil {
 			return err
 		}
-		if l, ok := st.leases[node]; !ok || !l.live {
+		l, ok := st.leases[node]
+		switch {
+		case ok && l.lastOp == op:
+			return nil // returned already
+		case !ok || !l.live:
 			return ErrLeaseLost
-		} else if units > l.outstanding {
+		case units > l.outstanding:
 			return fmt.Errorf("returning %d units of %s, but node %d's lease holds %d", units, sku, node, l.outstanding)
 		}
-		_, err = tx.Exec(ctx, `UPDATE stock_leases SET returned = returned + $4, updated_at = now()
-			WHERE sku = $1 AND sale_started_at = $2 AND node_id = $3`, sku, st.startedAt, node, units)
+		_, err = tx.Exec(ctx, `UPDATE stock_leases SET returned = returned + $4, last_op = $5, last_units = $4, updated_at = now()
+			WHERE sku = $1 AND sale_started_at = $2 AND node_id = $3`, sku, st.startedAt, node, units, op)
 		return err
 	})
 }
@@ -113,7 +129,7 @@ func ReturnStock(ctx context.Context, db TxBeginner, sku string, node int, units
 // Renewal is what RenewLeases found.
 type Renewal struct {
 	Lost     []string // SKUs whose lease had expired: stop selling their units
-	Starving []string // SKUs renewed whose pool an edge found short lately: give back what is not needed
+	Starving []string // SKUs renewed whose pool another edge found short lately: give back what is not needed
 }
 
 // RenewLeases extends node's live leases by ttl.
@@ -123,8 +139,8 @@ func RenewLeases(ctx context.Context, q Querier, node int, ttl time.Duration) (R
 			UPDATE stock_leases l SET expires_at = now() + $2::interval
 			FROM sale_items s
 			WHERE l.node_id = $1 AND l.sku = s.sku AND l.sale_started_at = s.sale_started_at AND l.expires_at > now()
-			RETURNING l.sku, s.starved_at)
-		SELECT l.sku, r.sku IS NOT NULL, COALESCE(r.starved_at > now() - interval '5 seconds', false)
+			RETURNING l.sku, s.starved_at, s.starved_by)
+		SELECT l.sku, r.sku IS NOT NULL, COALESCE(r.starved_at > now() - interval '5 seconds' AND r.starved_by <> $1, false)
 		FROM stock_leases l JOIN sale_items s ON l.sku = s.sku AND l.sale_started_at = s.sale_started_at
 		LEFT JOIN renewed r ON r.sku = l.sku
 		WHERE l.node_id = $1`, node, ttl.String())
@@ -151,6 +167,19 @@ func RenewLeases(ctx context.Context, q Querier, node int, ttl time.Duration) (R
 	return r, nil
 }
 
+// ExpireLeases ends node's leases now: what an edge does when it starts (a
+// previous process with its node id may have held units it no longer has)
+// and when it gave up its units after failing to renew. Their outstanding
+// units come back through ReclaimExpiredLeases.
+func ExpireLeases(ctx context.Context, q Querier, node int) error {
+	rows, err := q.Query(ctx, `UPDATE stock_leases SET expires_at = now(), updated_at = now() WHERE node_id = $1 AND expires_at > now()`, node)
+	if err != nil {
+		return fmt.Errorf("expiring the stock leases of node %d: %w", node, err)
+	}
+	rows.Close()
+	return rows.Err()
+}
+
 // Reclaimed is a lease whose outstanding units went back to the pool.
 type Reclaimed struct {
 	SKU   string
@@ -158,17 +187,17 @@ type Reclaimed struct {
 	Units int64
 }
 
-// ReclaimExpiredLeases puts the outstanding units of every lease that
-// expired before expiredBefore back into its SKU's pool. Call it only when
-// ingest has caught up with every record produced before expiredBefore (an
-// edge stops selling before its lease expires, and its last produce lands
-// within its delivery timeout): the units of orders still in Kafka would
-// otherwise be counted free.
-func ReclaimExpiredLeases(ctx context.Context, db TxBeginner, expiredBefore time.Time) ([]Reclaimed, error) {
+// ReclaimExpiredLeases puts the outstanding units of every lease expired for
+// longer than grace (by the ledger's clock) back into its SKU's pool. Call
+// it only when ingest has caught up with every record produced until grace
+// ago: an edge stops selling before its lease expires, and its last produce
+// lands within its delivery timeout (the grace to use); the units of orders
+// still in Kafka would otherwise be counted free.
+func ReclaimExpiredLeases(ctx context.Context, db TxBeginner, grace time.Duration) ([]Reclaimed, error) {
 	var skus []string
 	err := pgx.BeginTxFunc(ctx, db, snapshotTx, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT DISTINCT l.sku FROM stock_leases l JOIN sale_items s
-			ON l.sku = s.sku AND l.sale_started_at = s.sale_started_at WHERE l.expires_at < $1`, expiredBefore)
+			ON l.sku = s.sku AND l.sale_started_at = s.sale_started_at WHERE l.expires_at < now() - $1::interval`, grace.String())
 		if err != nil {
 			return err
 		}
@@ -181,12 +210,12 @@ func ReclaimExpiredLeases(ctx context.Context, db TxBeginner, expiredBefore time
 	var out []Reclaimed
 	for _, sku := range skus {
 		err := pgx.BeginTxFunc(ctx, db, pgx.TxOptions{}, func(tx pgx.Tx) error {
-			st, err := lockPool(ctx, tx, sku)
+			st, err := lockPoolGrace(ctx, tx, sku, grace)
 			if err != nil {
 				return err
 			}
 			for node, l := range st.leases {
-				if !l.expiredBefore(expiredBefore) || l.outstanding <= 0 {
+				if l.live || !l.expiredFor || l.outstanding <= 0 {
 					continue
 				}
 				if _, err := tx.Exec(ctx, `UPDATE stock_leases SET returned = returned + $4, updated_at = now()
@@ -229,37 +258,42 @@ func StockPool(ctx context.Context, db TxBeginner, sku string) (LeasePool, error
 
 type leaseState struct {
 	outstanding int64
-	live        bool
+	live        bool // not expired
+	expiredFor  bool // expired for longer than the grace asked (lockPoolGrace)
 	expiresAt   time.Time
+	lastOp      int64
+	lastUnits   int64
 }
-
-func (l leaseState) expiredBefore(t time.Time) bool { return l.expiresAt.Before(t) }
 
 type poolState struct {
 	startedAt          time.Time
 	stock, taken, pool int64
+	sold               map[int]int64 // per node: units of its orders of the generation
 	leases             map[int]leaseState
 	live               int // leases not expired
 }
 
 // lockPool locks sku's sale_items row and computes its pool and leases.
 func lockPool(ctx context.Context, tx pgx.Tx, sku string) (poolState, error) {
-	st := poolState{leases: map[int]leaseState{}}
+	return lockPoolGrace(ctx, tx, sku, 0)
+}
+
+func lockPoolGrace(ctx context.Context, tx pgx.Tx, sku string, grace time.Duration) (poolState, error) {
+	st := poolState{leases: map[int]leaseState{}, sold: map[int]int64{}}
 	err := tx.QueryRow(ctx, `SELECT stock, sale_started_at FROM sale_items WHERE sku = $1 FOR UPDATE`, sku).Scan(&st.stock, &st.startedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return st, fmt.Errorf("no sale item %q", sku)
 	} else if err != nil {
 		return st, err
 	}
-	// Per node: the units of its orders of this generation (sold from its
-	// lease), and the units of all orders that hold stock.
+	// Per node: the units of its orders of this generation, and of those
+	// the units that hold stock.
 	rows, err := tx.Query(ctx, `SELECT `+orderid.NodeSQL("order_id")+`, sum(qty),
 			COALESCE(sum(qty) FILTER (WHERE status NOT IN ('cancelled', 'expired')), 0)
 		FROM orders WHERE sku = $1 AND created_at >= $2 GROUP BY 1`, sku, st.startedAt)
 	if err != nil {
 		return st, err
 	}
-	sold := map[int]int64{}
 	for rows.Next() {
 		var node int
 		var all, holding int64
@@ -267,14 +301,15 @@ func lockPool(ctx context.Context, tx pgx.Tx, sku string) (poolState, error) {
 			rows.Close()
 			return st, err
 		}
-		sold[node] = all
+		st.sold[node] = all
 		st.taken += holding
 	}
 	if err := rows.Err(); err != nil {
 		return st, err
 	}
-	rows, err = tx.Query(ctx, `SELECT node_id, granted - returned, expires_at, expires_at > now()
-		FROM stock_leases WHERE sku = $1 AND sale_started_at = $2`, sku, st.startedAt)
+	rows, err = tx.Query(ctx, `SELECT node_id, granted - returned + sold_base, expires_at, expires_at > now(),
+			expires_at < now() - $3::interval, last_op, last_units
+		FROM stock_leases WHERE sku = $1 AND sale_started_at = $2`, sku, st.startedAt, grace.String())
 	if err != nil {
 		return st, err
 	}
@@ -283,13 +318,13 @@ func lockPool(ctx context.Context, tx pgx.Tx, sku string) (poolState, error) {
 		var node int
 		var l leaseState
 		var net int64
-		if err := rows.Scan(&node, &net, &l.expiresAt, &l.live); err != nil {
+		if err := rows.Scan(&node, &net, &l.expiresAt, &l.live, &l.expiredFor, &l.lastOp, &l.lastUnits); err != nil {
 			rows.Close()
 			return st, err
 		}
-		// A node that sold more than it leased (it sold before leases were
-		// on) holds nothing; counting it as 0 keeps the pool on the safe side.
-		l.outstanding = max(0, net-sold[node])
+		// Never below zero: a node's orders beyond its lease would be a
+		// bug, and counting them as negative holdings would grow the pool.
+		l.outstanding = max(0, net-st.sold[node])
 		st.leases[node] = l
 		held += l.outstanding
 		if l.live {

@@ -35,8 +35,10 @@ func TestLeasesNeverGrantAUnitTwice(t *testing.T) {
 		go func(node int) {
 			defer wg.Done()
 			r := rand.New(rand.NewPCG(uint64(node), 7))
+			op := int64(0)
 			for {
-				g, err := ledger.LeaseStock(ctx, pool, "LEASE-1", node, 1+r.Int64N(40), time.Minute)
+				op++
+				g, err := ledger.LeaseStock(ctx, pool, "LEASE-1", node, 1+r.Int64N(40), time.Minute, op)
 				if err != nil {
 					t.Error(err)
 					return
@@ -87,14 +89,14 @@ func TestLeasesNeverGrantAUnitTwice(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkPool(t, pool, "LEASE-1", stock, 1)
-	if err := ledger.ReturnStock(ctx, pool, "LEASE-1", seller, 2); err != nil {
+	if err := ledger.ReturnStock(ctx, pool, "LEASE-1", seller, 2, 1001); err != nil {
 		t.Fatal(err)
 	}
 	checkPool(t, pool, "LEASE-1", stock, 3)
 
 	// Three live leases share a pool of 3: one unit each at most.
-	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-1", (seller+1)%8, 100, time.Minute); err != nil || g.Units > 1 {
-		t.Fatalf("grant from a pool of 3 among 8 live leases: %+v, %v; want at most 1", g, err)
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-1", (seller+1)%8, 100, time.Minute, 1002); err != nil || g.Units != 1 {
+		t.Fatalf("grant from a pool of 3 among 8 live leases: %+v, %v; want its share, 1", g, err)
 	}
 }
 
@@ -106,10 +108,10 @@ func TestExpiredLeaseIsReclaimed(t *testing.T) {
 	if _, err := ledger.PutSaleItem(ctx, pool, ledger.SaleItem{SKU: "LEASE-2", Stock: 50, PriceCents: 100}); err != nil {
 		t.Fatal(err)
 	}
-	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 5, 20, time.Second); err != nil || g.Units != 20 {
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 5, 20, time.Second, 1); err != nil || g.Units != 20 {
 		t.Fatalf("first grant: %+v, %v", g, err)
 	}
-	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 6, 10, time.Hour); err != nil || g.Units != 10 {
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 6, 10, time.Hour, 1); err != nil || g.Units != 10 {
 		t.Fatalf("second node's grant: %+v, %v", g, err)
 	}
 	deadline := time.Now().Add(time.Minute)
@@ -126,18 +128,18 @@ func TestExpiredLeaseIsReclaimed(t *testing.T) {
 		}
 		time.Sleep(1100 * time.Millisecond) // longer than the TTL: the next renewal is late
 	}
-	if err := ledger.ReturnStock(ctx, pool, "LEASE-2", 5, 1); !errors.Is(err, ledger.ErrLeaseLost) {
+	if err := ledger.ReturnStock(ctx, pool, "LEASE-2", 5, 1, 2); !errors.Is(err, ledger.ErrLeaseLost) {
 		t.Fatalf("return on an expired lease: %v, want ErrLeaseLost", err)
 	}
-	if _, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 5, 1, time.Minute); !errors.Is(err, ledger.ErrLeaseLost) {
+	if _, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 5, 1, time.Minute, 3); !errors.Is(err, ledger.ErrLeaseLost) {
 		t.Fatalf("grant to a node whose expired lease holds units: %v, want ErrLeaseLost until reclaimed", err)
 	}
-	got, err := ledger.ReclaimExpiredLeases(ctx, pool, time.Now().Add(time.Minute))
+	got, err := ledger.ReclaimExpiredLeases(ctx, pool, 0)
 	if err != nil || len(got) != 1 || got[0] != (ledger.Reclaimed{SKU: "LEASE-2", Node: 5, Units: 20}) {
 		t.Fatalf("reclaimed %+v, %v; want node 5's 20 units (node 6's lease is live)", got, err)
 	}
 	checkPool(t, pool, "LEASE-2", 50, 40)
-	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 5, 3, time.Minute); err != nil || g.Units != 3 {
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 5, 3, time.Minute, 4); err != nil || g.Units != 3 {
 		t.Fatalf("grant after the reclaim: %+v, %v", g, err)
 	}
 }
@@ -157,4 +159,52 @@ func checkPool(t *testing.T, pool ledger.TxBeginner, sku string, stock, wantPool
 		t.Fatalf("%s: pool %d + taken %d + outstanding %d (%v) = %d, want stock %d with pool %d",
 			sku, p.Pool, p.Taken, out, p.Outstanding, p.Pool+p.Taken+out, stock, wantPool)
 	}
+}
+
+// A grant or return asked again with the same operation number (its answer
+// was lost) applies once; units a node sold before it leased are not counted
+// against its lease; a node that ended its leases (ExpireLeases, as at start)
+// gets nothing until they are reclaimed.
+func TestLeaseOpsApplyOnceAndSoldBase(t *testing.T) {
+	pool, _ := testenv.Ledger(t)
+	ctx := context.Background()
+	if _, err := ledger.PutSaleItem(ctx, pool, ledger.SaleItem{SKU: "LEASE-3", Stock: 100, PriceCents: 100}); err != nil {
+		t.Fatal(err)
+	}
+	// Node 9 sold 60 units before leases were on.
+	gen := orderid.MustNew(9, 0)
+	var os []order.Order
+	for i := 0; i < 60; i++ {
+		id := gen.Next()
+		os = append(os, order.Order{ID: id, UserID: fmt.Sprint("pre", i), SKU: "LEASE-3", Qty: 1, PriceCents: 100, CreatedAt: orderid.Time(id)})
+	}
+	if _, err := ledger.InsertOrders(ctx, pool, os); err != nil {
+		t.Fatal(err)
+	}
+	checkPool(t, pool, "LEASE-3", 100, 40)
+	for range 2 { // the second is a retry: the same answer, nothing more granted
+		if g, err := ledger.LeaseStock(ctx, pool, "LEASE-3", 9, 20, time.Minute, 7); err != nil || g.Units != 20 {
+			t.Fatalf("grant: %+v, %v", g, err)
+		}
+	}
+	checkPool(t, pool, "LEASE-3", 100, 20)
+	for range 2 {
+		if err := ledger.ReturnStock(ctx, pool, "LEASE-3", 9, 5, 8); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkPool(t, pool, "LEASE-3", 100, 25)
+	if err := ledger.ExpireLeases(ctx, pool, 9); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ledger.LeaseStock(ctx, pool, "LEASE-3", 9, 1, time.Minute, 9); !errors.Is(err, ledger.ErrLeaseLost) {
+		t.Fatalf("grant after the node ended its leases: %v, want ErrLeaseLost until reclaimed", err)
+	}
+	if got, err := ledger.ReclaimExpiredLeases(ctx, pool, time.Hour); err != nil || len(got) != 0 {
+		t.Fatalf("reclaim of leases expired for less than the grace: %+v, %v", got, err)
+	}
+	if got, err := ledger.ReclaimExpiredLeases(ctx, pool, 0); err != nil || len(got) != 1 || got[0].Units != 15 {
+		t.Fatalf("reclaim: %+v, %v; want node 9's 15 units", got, err)
+	}
+	checkPool(t, pool, "LEASE-3", 100, 40)
 }

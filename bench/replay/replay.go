@@ -46,6 +46,10 @@ type Config struct {
 	// it. Empty: neither (the items must be on sale already, under RunID).
 	AdminURL   string
 	AdminToken string // bearer token of the admin plane, if it needs one
+	// Settle is a wait after the items are put, before the first request:
+	// edges that lease their stock (-edge.leaseTTL) learn of items put
+	// through another edge within a second, then lease their first blocks.
+	Settle time.Duration
 
 	Speed float64 // trace time / replay time: 2 sends twice as fast. Default 1.
 	Rate  float64 // > 0: ignore the trace's timing, send this many requests per second
@@ -149,6 +153,11 @@ func Run(ctx context.Context, cfg Config) (*Outcome, error) {
 		admin = newAdminClient(cfg.AdminURL, cfg.AdminToken)
 		if err := admin.putItems(ctx, cfg.Prefix(), tr.Header().Items); err != nil {
 			return nil, err
+		}
+		select {
+		case <-time.After(cfg.Settle):
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
 	}
 

@@ -37,7 +37,7 @@ type worker struct {
 	id   int
 	addr string          // the server this worker's connection goes to
 	due  <-chan *Request // the requests for addr
-	mu   sync.Mutex // guards conn against Runner.abort; only the worker changes conn
+	mu   sync.Mutex      // guards conn against Runner.abort; only the worker changes conn
 	conn net.Conn
 	rr   *respReader
 

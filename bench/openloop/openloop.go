@@ -173,7 +173,7 @@ type Runner struct {
 	cfg     Config
 	src     Source
 	rec     *recorder
-	end     time.Duration // Warmup+Duration, or MaxInt64
+	end     time.Duration   // Warmup+Duration, or MaxInt64
 	free    chan *Request   // request slots the Source may fill
 	due     []chan *Request // per address: filled slots whose intended time has come
 	addrs   []string
@@ -200,10 +200,10 @@ func New(cfg Config, src Source) (*Runner, error) {
 		return nil, errors.New("openloop: nil Source")
 	}
 	r := &Runner{
-		cfg:  cfg,
-		src:  src,
-		rec:  newRecorder(),
-		end:  math.MaxInt64,
+		cfg:   cfg,
+		src:   src,
+		rec:   newRecorder(),
+		end:   math.MaxInt64,
 		free:  make(chan *Request, cfg.Queue),
 		addrs: strings.Split(cfg.Addr, ","),
 	}

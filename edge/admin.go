@@ -102,6 +102,10 @@ var pprofHandlers = map[string]fasthttp.RequestHandler{
 var pprofIndex = fasthttpadaptor.NewFastHTTPHandlerFunc(pprof.Index)
 
 func (a *Admin) handle(ctx *fasthttp.RequestCtx) {
+	if string(ctx.Path()) == "/dashboard" && (ctx.IsGet() || ctx.IsHead()) {
+		serveDashboard(ctx) // the page holds no data: its reads of /metrics need the token
+		return
+	}
 	if len(a.token) > 0 && !a.authorized(ctx) {
 		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="flashgate-admin"`)
 		adminProblem(ctx, 401, probUnauthorized, "the admin plane needs Authorization: Bearer <admin token>")

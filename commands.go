@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/flashgate/flashgate/edge"
 	"github.com/flashgate/flashgate/ingest"
 	"github.com/flashgate/flashgate/ledger"
 	"github.com/flashgate/flashgate/lib/broker"
@@ -104,6 +105,14 @@ func runIngest(ctx context.Context) error {
 		return err
 	}
 	slog.Info("ingest: running", "workers", cfg.Workers, "group", cfg.Group)
+	if *ingestAdmin != "" {
+		srv, err := edge.StartOpsServer(*ingestAdmin)
+		if err != nil {
+			svc.Stop()
+			return fmt.Errorf("-ingest.adminAddr: %w", err)
+		}
+		defer srv.Shutdown()
+	}
 	<-ctx.Done()
 	svc.Stop()
 	return nil

@@ -40,6 +40,7 @@ var (
 	kafkaSync       = flag.Bool("kafka.syncWrites", true, "dev: the embedded broker fsyncs every batch before acking it (a 202 survives a power loss); false: page cache only, like a Kafka broker's default (survives kill -9, ~10x faster here)")
 	handoverFrom    = flag.String("edge.handoverFrom", "", "edge: take over from the edge running on the same --edge-addr, whose admin plane is at this URL (http://host:port): it drains, this one loads the stock and serves, then it shuts down; no request fails (see README, rolling restarts)")
 	handoverGrace   = flag.Duration("edge.handoverGrace", 2*time.Second, "edge: with -edge.handoverFrom, how long the old edge keeps answering (with Connection: close) after this one serves, so its clients reconnect here")
+	ingestAdmin     = flag.String("ingest.adminAddr", "", "ingest: listen address for /metrics, /healthz (200 while running) and /debug/pprof/ (empty: none; keep it off the public network)")
 	logLevel        = flag.String("log.level", "info", "log level: debug, info, warn, error")
 	mutexFraction   = flag.Int("pprof.mutexFraction", 0, "sample 1 in N mutex contention events for /debug/pprof/mutex (0: off; 5 costs little; make profile sets it)")
 	blockRate       = flag.Int("pprof.blockRate", 0, "sample goroutine blocking events lasting about this many nanoseconds for /debug/pprof/block (0: off; 10000 costs little; make profile sets it)")

@@ -387,3 +387,38 @@ func (s *Server) writeMetrics(w io.Writer) {
 			sku, it.stock.Load(), sku, it.remaining(), sku, it.accepted.Load())
 	}
 }
+
+// OpsServer serves /metrics, /healthz and /debug/pprof/ for a process
+// without an admin plane of its own (flashgate ingest).
+type OpsServer struct{ srv *fasthttp.Server }
+
+// StartOpsServer listens on addr and serves until Shutdown.
+func StartOpsServer(addr string) (*OpsServer, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	o := &OpsServer{srv: &fasthttp.Server{Name: "flashgate", Handler: func(ctx *fasthttp.RequestCtx) {
+		switch path := string(ctx.Path()); {
+		case path == "/healthz":
+			ctx.SetContentType("application/json")
+			ctx.SetBodyString(`{"status":"ok"}`)
+		case path == "/metrics":
+			ctx.SetContentType("text/plain; version=0.0.4")
+			metrics.WritePrometheus(ctx, true)
+		case strings.HasPrefix(path, "/debug/pprof/"):
+			if h, ok := pprofHandlers[path]; ok {
+				h(ctx)
+			} else {
+				pprofIndex(ctx)
+			}
+		default:
+			adminProblem(ctx, 404, probNotFound, "no such endpoint: /metrics, /healthz, /debug/pprof/")
+		}
+	}}}
+	go o.srv.Serve(ln) //nolint:errcheck // ends with Shutdown
+	return o, nil
+}
+
+// Shutdown stops serving.
+func (o *OpsServer) Shutdown() { _ = o.srv.Shutdown() }

@@ -130,3 +130,24 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Errorf("without the token the page should say it cannot read /metrics:\n%s", dom)
 	}
 }
+
+// flashgate ingest's -ingest.adminAddr: /healthz, /metrics and pprof.
+func TestOpsServer(t *testing.T) {
+	addr := freeAddr(t)
+	o, err := StartOpsServer(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Shutdown()
+	for path, want := range map[string]string{"/healthz": `{"status":"ok"}`, "/metrics": "go_goroutines", "/debug/pprof/": "goroutine"} {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), want) {
+			t.Errorf("GET %s: %d, want 200 with %q", path, resp.StatusCode, want)
+		}
+	}
+}

@@ -253,6 +253,7 @@ type handoff struct {
 // idempotency store may use.
 func (s *Server) settle(h *handoff, err error, body, scratch []byte) (accepted, definite bool) {
 	nowNs := time.Now().UnixNano()
+	s.lastSettled.Store(nowNs)
 	if err == nil {
 		s.breaker.done(nowNs, true, h.probe)
 		s.accept(h, nowNs, body, scratch)
@@ -308,12 +309,44 @@ func (s *Server) runHandoff(ctx context.Context) {
 			return
 		case now := <-t.C:
 			s.breaker.check(now.UnixNano(), s.produces.Load())
+			s.unstick(now)
 			if s.pool != nil && now.After(nextReconcile) {
 				s.reconcile(ctx)
 				nextReconcile = time.Now().Add(time.Second)
 			}
 		}
 	}
+}
+
+// unstick is the last guard of the promise that every order is answered:
+// when orders wait for the producer and none has been settled for twice the
+// delivery timeout plus a second, the records the producer still holds have
+// outlived every bound it was given (seen once in CI, with kfake dropping
+// connections and holding produce requests: records stayed buffered with no
+// request in flight). They are aborted: their orders get 503 and, their
+// outcome being unknown, are reconciled against the ledger like a timeout.
+func (s *Server) unstick(now time.Time) {
+	limit := 2*s.cfg.DeliveryTimeout + time.Second
+	if s.produces.Load() == 0 {
+		s.lastSettled.Store(now.UnixNano()) // nothing waits: nothing is stuck
+		return
+	}
+	if now.Sub(time.Unix(0, s.lastSettled.Load())) < limit || !s.aborting.CompareAndSwap(false, true) {
+		return
+	}
+	n := s.prod.BufferedProduceRecords()
+	slog.Error("edge: the Kafka producer has settled no order for too long; aborting the records it holds (their orders get 503 and are reconciled)",
+		"waiting_orders", s.produces.Load(), "buffered_records", n, "for", limit)
+	producerAbortsTotal.Inc()
+	go func() {
+		defer s.aborting.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DeliveryTimeout)
+		defer cancel()
+		if err := s.prod.AbortBufferedRecords(ctx); err != nil {
+			slog.Error("edge: aborting the producer's records", "err", err)
+		}
+		s.lastSettled.Store(time.Now().UnixNano())
+	}()
 }
 
 // reconcile resolves the unknown orders that failed at least

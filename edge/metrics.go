@@ -18,6 +18,7 @@ var responsesTotal = func() (t [600]*metrics.Counter) {
 var (
 	ordersAcceptedTotal     = metrics.NewCounter(`flashgate_edge_orders_accepted_total`)
 	ordersSoldOutTotal      = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="sold-out"}`)
+	producerAbortsTotal     = metrics.NewCounter(`flashgate_edge_producer_aborts_total`)
 	leaseWaitTotal          = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="lease-wait"}`)
 	leaseGrantsTotal        = metrics.NewCounter(`flashgate_edge_lease_grants_total`)
 	leaseUnitsTotal         = metrics.NewCounter(`flashgate_edge_lease_units_total{way="granted"}`)

@@ -69,6 +69,10 @@ type Server struct {
 	queued    atomic.Int64 // responses queued on connections, not yet written
 	produces  atomic.Int64 // records handed to Kafka, not yet acked or failed
 	draining  atomic.Bool
+	// lastSettled is when a produce outcome was last applied (settle), and
+	// aborting is set while unstick aborts the producer's records.
+	lastSettled atomic.Int64
+	aborting    atomic.Bool
 	stopGrace atomic.Int64 // see SetStopGrace
 	stopping  atomic.Bool  // Stop was called: no Resume
 	stopOnce  sync.Once

@@ -61,22 +61,22 @@ type Server struct {
 	connRefusal          []byte
 	stopTicker           context.CancelFunc
 
-	eng       gnet.Engine
-	booted    chan struct{}
-	runErr    chan error
-	readSem   chan struct{}
-	conns     atomic.Int64
-	queued    atomic.Int64 // responses queued on connections, not yet written
-	produces  atomic.Int64 // records handed to Kafka, not yet acked or failed
-	draining  atomic.Bool
+	eng      gnet.Engine
+	booted   chan struct{}
+	runErr   chan error
+	readSem  chan struct{}
+	conns    atomic.Int64
+	queued   atomic.Int64 // responses queued on connections, not yet written
+	produces atomic.Int64 // records handed to Kafka, not yet acked or failed
+	draining atomic.Bool
 	// lastSettled is when a produce outcome was last applied (settle), and
 	// aborting is set while unstick aborts the producer's records.
 	lastSettled atomic.Int64
 	aborting    atomic.Bool
-	stopGrace atomic.Int64 // see SetStopGrace
-	stopping  atomic.Bool  // Stop was called: no Resume
-	stopOnce  sync.Once
-	stopErr   error
+	stopGrace   atomic.Int64 // see SetStopGrace
+	stopping    atomic.Bool  // Stop was called: no Resume
+	stopOnce    sync.Once
+	stopErr     error
 }
 
 // New builds an edge writing orders to cfg.Brokers and reading the ledger

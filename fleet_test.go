@@ -67,6 +67,9 @@ func TestThreeEdgesTwoIngest(t *testing.T) {
 	if err := replay.Verify(context.Background(), out, vc); err != nil {
 		t.Fatalf("%v (%s)", err, explain())
 	}
+	for _, c := range out.Run.Checks {
+		t.Logf("  %s %v: %s", c.Name, c.Pass, c.Detail)
+	}
 	if !replay.Passed(out.Run) {
 		t.Fatalf("an invariant broke across three edges (%s)", explain())
 	}
@@ -101,8 +104,5 @@ func TestThreeEdgesTwoIngest(t *testing.T) {
 			t.Errorf("edge %d (node %d) sold nothing: orders per node %v", node, node, perNode[1:])
 		}
 	}
-	t.Logf("orders per edge %v; verification:", perNode[1:])
-	for _, c := range out.Run.Checks {
-		t.Logf("  %s %v: %s", c.Name, c.Pass, c.Detail)
-	}
+	t.Logf("orders per edge %v", perNode[1:])
 }

@@ -23,9 +23,9 @@ import (
 //     -edge.leaseMinBlock) whenever less than half of that is left, and the
 //     ledger grants at most the pool divided among the edges holding leases,
 //     so blocks shrink near the end of stock.
-//   - An edge with no units whose last grant found the pool not empty answers
-//     503 + Retry-After (more stock is on its way), not sold out; sold out
-//     means this edge and the pool are both empty.
+//   - An edge with no units answers 503 + Retry-After (more stock is on its
+//     way) unless its last grant found the pool empty and no other edge
+//     holding units: sold out means every unit is in an order.
 //   - Leases are renewed every second (at most TTL/3); the renewal also says
 //     which SKUs another edge found the pool short of lately, and for two
 //     seconds this edge keeps only what it sells in half a horizon (none
@@ -313,9 +313,16 @@ func (l *leaser) grant(ctx context.Context, it *saleItem, p *leaseOp, now time.T
 		return
 	}
 	it.lease.pending = nil
-	it.poolEmpty.Store(g.Units < p.units && g.Pool <= 0)
-	if it.poolEmpty.Load() {
-		it.lease.waitUntil = now.Add(cfg.LeaseHorizon / 4) // the pool refills only by returns, reclaims and cancellations
+	short := g.Units < p.units && g.Pool <= 0
+	// Sold out only when no other edge holds units either; while one does,
+	// it is told to give back (the renewal's starving list) and this edge
+	// asks again soon, answering 503 + Retry-After meanwhile.
+	it.poolEmpty.Store(short && g.HeldElsewhere == 0)
+	switch {
+	case it.poolEmpty.Load():
+		it.lease.waitUntil = now.Add(cfg.LeaseHorizon / 4) // the pool refills only by cancellations and expiries now
+	case short:
+		it.lease.waitUntil = now.Add(200 * time.Millisecond)
 	}
 	if g.Units == 0 {
 		return

@@ -42,6 +42,10 @@ var ErrLeaseLost = errors.New("the stock lease expired")
 type Grant struct {
 	Units     int64     // units granted now (0 when the pool is empty)
 	Pool      int64     // units left in the pool after the grant
+	// HeldElsewhere is what the other nodes' leases hold (units they may
+	// still sell, or orders of theirs not in the ledger yet): with the pool
+	// empty, the SKU is sold out only when this is 0 too.
+	HeldElsewhere int64
 	ExpiresAt time.Time // the lease's expiry, by the ledger's clock
 }
 
@@ -62,6 +66,7 @@ func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want i
 		switch {
 		case ok && l.lastOp == op:
 			g.Units, g.Pool, g.ExpiresAt = l.lastUnits, st.pool, l.expiresAt // answered already
+			g.HeldElsewhere = st.heldBy(node)
 			return nil
 		case ok && !l.live && l.outstanding > 0:
 			// Expired with units out: they come back when the ledger
@@ -76,6 +81,7 @@ func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want i
 		}
 		g.Units = max(0, min(want, share))
 		g.Pool = st.pool - g.Units
+		g.HeldElsewhere = st.heldBy(node)
 		// The pool itself is short of what was asked: the other edges give
 		// back what they do not need (RenewLeases tells them).
 		starved := st.pool < want
@@ -271,6 +277,17 @@ type poolState struct {
 	sold               map[int]int64 // per node: units of its orders of the generation
 	leases             map[int]leaseState
 	live               int // leases not expired
+}
+
+// heldBy is the units the leases of nodes other than node hold.
+func (st *poolState) heldBy(node int) int64 {
+	var n int64
+	for other, l := range st.leases {
+		if other != node {
+			n += l.outstanding
+		}
+	}
+	return n
 }
 
 // lockPool locks sku's sale_items row and computes its pool and leases.

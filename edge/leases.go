@@ -24,8 +24,8 @@ import (
 //     ledger grants at most the pool divided among the edges holding leases,
 //     so blocks shrink near the end of stock.
 //   - An edge with no units answers 503 + Retry-After (more stock is on its
-//     way) unless its last grant found the pool empty and no other edge
-//     holding units: sold out means every unit is in an order.
+//     way) unless its last grant found the pool empty and no lease holding
+//     a unit: sold out means every unit is in an order the ledger holds.
 //   - Leases are renewed every second (at most TTL/3); the renewal also says
 //     which SKUs another edge found the pool short of lately, and for two
 //     seconds this edge keeps only what it sells in half a horizon (none
@@ -314,10 +314,12 @@ func (l *leaser) grant(ctx context.Context, it *saleItem, p *leaseOp, now time.T
 	}
 	it.lease.pending = nil
 	short := g.Units < p.units && g.Pool <= 0
-	// Sold out only when no other edge holds units either; while one does,
-	// it is told to give back (the renewal's starving list) and this edge
-	// asks again soon, answering 503 + Retry-After meanwhile.
-	it.poolEmpty.Store(short && g.HeldElsewhere == 0)
+	// Sold out only when no lease holds a unit either: not another edge
+	// (it is told to give back, by the renewal's starving list), nor an
+	// order of this one still waiting for Kafka or the ledger (it may fail
+	// and give its unit back). Until then this edge asks again soon and
+	// answers 503 + Retry-After meanwhile.
+	it.poolEmpty.Store(short && g.Held == 0)
 	switch {
 	case it.poolEmpty.Load():
 		it.lease.waitUntil = now.Add(cfg.LeaseHorizon / 4) // the pool refills only by cancellations and expiries now

@@ -42,10 +42,12 @@ var ErrLeaseLost = errors.New("the stock lease expired")
 type Grant struct {
 	Units     int64     // units granted now (0 when the pool is empty)
 	Pool      int64     // units left in the pool after the grant
-	// HeldElsewhere is what the other nodes' leases hold (units they may
-	// still sell, or orders of theirs not in the ledger yet): with the pool
-	// empty, the SKU is sold out only when this is 0 too.
-	HeldElsewhere int64
+	// Held is what all leases hold after the grant, this node's included:
+	// units the edges may still sell, and orders not in the ledger yet
+	// (which may still fail and give their units back). With the pool
+	// empty, the SKU is sold out only when this is 0 too: every unit is in
+	// an order the ledger holds.
+	Held int64
 	ExpiresAt time.Time // the lease's expiry, by the ledger's clock
 }
 
@@ -66,7 +68,7 @@ func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want i
 		switch {
 		case ok && l.lastOp == op:
 			g.Units, g.Pool, g.ExpiresAt = l.lastUnits, st.pool, l.expiresAt // answered already
-			g.HeldElsewhere = st.heldBy(node)
+			g.Held = st.held()
 			return nil
 		case ok && !l.live && l.outstanding > 0:
 			// Expired with units out: they come back when the ledger
@@ -81,7 +83,7 @@ func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want i
 		}
 		g.Units = max(0, min(want, share))
 		g.Pool = st.pool - g.Units
-		g.HeldElsewhere = st.heldBy(node)
+		g.Held = st.held() + g.Units
 		// The pool itself is short of what was asked: the other edges give
 		// back what they do not need (RenewLeases tells them).
 		starved := st.pool < want
@@ -279,13 +281,11 @@ type poolState struct {
 	live               int // leases not expired
 }
 
-// heldBy is the units the leases of nodes other than node hold.
-func (st *poolState) heldBy(node int) int64 {
+// held is the units all leases hold.
+func (st *poolState) held() int64 {
 	var n int64
-	for other, l := range st.leases {
-		if other != node {
-			n += l.outstanding
-		}
+	for _, l := range st.leases {
+		n += l.outstanding
 	}
 	return n
 }

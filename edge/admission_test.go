@@ -105,12 +105,13 @@ func runAdmissionModel(t *testing.T, seed uint64) {
 	s := testAdmission(loops)
 	m := &admissionModel{remaining: map[string]int64{}, limit: map[string]int64{}, bought: map[string]int64{}, keys: map[string]*modelKey{}}
 	skus := []string{"A", "B", "C", "D"}
+	stocks := map[string]int64{}
 	for i, sku := range skus {
 		stock, limit := int64(20+10*i), int64(i%2*3)
 		if _, err := s.items.put(ledger.SaleItem{SKU: sku, Stock: stock, PerUserLimit: int32(limit)}, -1); err != nil {
 			t.Fatal(err)
 		}
-		m.remaining[sku], m.limit[sku] = stock, limit
+		m.remaining[sku], m.limit[sku], stocks[sku] = stock, limit, stock
 	}
 	usedKeys := map[string][]string{} // user -> keys used
 	var pending []inFlight
@@ -118,7 +119,9 @@ func runAdmissionModel(t *testing.T, seed uint64) {
 	now := time.Now().UnixNano()
 	seen := map[string]int{}
 	// Every rule must be exercised, or the sequence proved little: a seed
-	// whose first 3000 steps miss one goes on (up to 30000).
+	// whose first 3000 steps miss one goes on (up to 30000), with 20 more
+	// units of every SKU every 3000 steps (a sale topped up under traffic;
+	// in flight and sold out cannot both happen once all is sold).
 	rules := []string{"0", "202", "409" + probSoldOut, "409" + probPurchaseLimit, "409" + probIdemInFlight, "422" + probIdemMismatch}
 	allSeen := func() bool {
 		for _, r := range rules {
@@ -129,6 +132,15 @@ func runAdmissionModel(t *testing.T, seed uint64) {
 		return true
 	}
 	for step := 0; step < 3000 || (!allSeen() && step < 30000); step++ {
+		if step > 0 && step%3000 == 0 {
+			for _, sku := range skus {
+				stocks[sku] += 20
+				if _, err := s.items.put(ledger.SaleItem{SKU: sku, Stock: stocks[sku], PerUserLimit: int32(m.limit[sku])}, -1); err != nil {
+					t.Fatal(err)
+				}
+				m.remaining[sku] += 20
+			}
+		}
 		// Resolve an order in flight now and then: ack (85%) or definite failure.
 		if len(pending) > 0 && rng.IntN(3) == 0 {
 			i := rng.IntN(len(pending))
@@ -177,6 +189,21 @@ func runAdmissionModel(t *testing.T, seed uint64) {
 		case d.status == 0:
 			pending = append(pending, inFlight{d: d, user: user, sku: sku, qty: qty, key: key, modelKey: mk, idemK: append([]byte(nil), d.idemK...)})
 		}
+	}
+	if seen["409"+probIdemInFlight] == 0 {
+		// Some seeds never retry a key while its order is in flight: check
+		// that rule directly, on a SKU of its own.
+		if _, err := s.items.put(ledger.SaleItem{SKU: "E", Stock: 5}, -1); err != nil {
+			t.Fatal(err)
+		}
+		first := s.admit(0, &sc, []byte("directed"), []byte("E"), 1, []byte("k-directed"), now)
+		if first.status != 0 {
+			t.Fatalf("seed %d: directed order: %d %s", seed, first.status, first.problem)
+		}
+		idemK := append([]byte(nil), first.idemK...)
+		again := s.admit(1, &sc, []byte("directed"), []byte("E"), 1, []byte("k-directed"), now)
+		seen[fmt.Sprint(again.status, again.problem)]++
+		s.compensate(0, first.item, first.epoch, first.purchase, idemK, 1)
 	}
 	for _, want := range rules {
 		if seen[want] == 0 {

@@ -311,15 +311,21 @@ func (v *verifier) idempotentRetries() (report.Check, error) {
 }
 
 // noFalseSoldOut: a sold-out answer for qty q is wrong if the stock minus
-// every unit ever taken (all of the SKU's orders, whatever their status
-// now) was still at least q: the stock left at the time of the answer was
-// at least that (units come back only by releases).
+// every unit ever taken was still at least q: the stock left at the time of
+// the answer was at least that. Taken are all of the SKU's orders, whatever
+// their status now (a release gives units back, but they were gone when
+// taken), and the orders that got no answer at all: those were in flight
+// when the edge died or the connection broke, held their units then, and
+// gave them back after (a restart rebuilds the stock from the ledger, which
+// never got them) — which no later buyer may have taken.
 func (v *verifier) noFalseSoldOut() (report.Check, error) {
 	var answers, skus, wrong int64
 	err := v.counts(`WITH taken AS (SELECT i.sku, i.stock, COALESCE(sum(o.qty), 0) AS taken
-			FROM replay_items i LEFT JOIN run_orders o USING (sku) GROUP BY i.sku, i.stock)
-		SELECT count(*), count(DISTINCT r.sku), count(*) FILTER (WHERE t.stock - t.taken >= r.qty)
-		FROM replay_results r JOIN taken t USING (sku) WHERE r.outcome = 'sold-out'`, &answers, &skus, &wrong)
+			FROM replay_items i LEFT JOIN run_orders o USING (sku) GROUP BY i.sku, i.stock),
+		unanswered AS (SELECT sku, sum(qty) AS units FROM replay_results
+			WHERE outcome = 'error' AND kind IN ('order', 'retry') GROUP BY sku)
+		SELECT count(*), count(DISTINCT r.sku), count(*) FILTER (WHERE t.stock - t.taken - COALESCE(u.units, 0) >= r.qty)
+		FROM replay_results r JOIN taken t USING (sku) LEFT JOIN unanswered u USING (sku) WHERE r.outcome = 'sold-out'`, &answers, &skus, &wrong)
 	return report.Check{
 		Name:   "no-false-sold-out",
 		Pass:   err == nil && wrong == 0,

@@ -45,9 +45,14 @@ type devStack struct {
 // startDev runs `flashgate dev` in-process on dir with fresh ports.
 func startDev(t *testing.T, dir string) *devStack {
 	t.Helper()
+	// Bounds a busy CI machine does not reach (its packages run in parallel,
+	// one of them opening 10,000 connections): a slow ack is slow, not a
+	// failure. The tests about timeouts and the breaker are in edge.
+	ecfg := edge.DefaultConfig()
+	ecfg.DeliveryTimeout, ecfg.ReconcileAfter, ecfg.BreakerStall = 30*time.Second, time.Minute, time.Minute
 	o := devOptions{
 		DataDir: dir, EdgeAddr: freeAddr(t), AdminAddr: freeAddr(t), KafkaAddr: freeAddr(t),
-		Partitions: 3, Edge: edge.DefaultConfig(), Ingest: ingest.DefaultConfig(), PGNoFsync: true,
+		Partitions: 3, Edge: ecfg, Ingest: ingest.DefaultConfig(), PGNoFsync: true,
 		PaymentWindow: 15 * time.Minute, ExpireEvery: time.Second,
 	}
 	ctx, cancel := context.WithCancel(context.Background())

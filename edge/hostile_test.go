@@ -190,10 +190,10 @@ func TestHostileLoadKeepsServing(t *testing.T) {
 	defer cmd.Process.Kill()
 
 	// Wait until the slowloris connections are in.
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute) // the attacker shares a busy machine with other packages' tests
 	for s.conns.Load() < int64(slow*9/10) {
 		if time.Now().After(deadline) {
-			t.Fatalf("only %d connections open after 30 s; attacker:\n%s", s.conns.Load(), out.String())
+			t.Fatalf("only %d connections open after 2 minutes; attacker:\n%s", s.conns.Load(), out.String())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -53,7 +54,7 @@ type leaser struct {
 	started    bool
 	done       chan struct{} // closed when run returns
 	validUntil atomic.Int64  // ns by this edge's clock: leased units may be sold until then
-	op         int64         // the last operation number
+	op         atomic.Int64  // the last operation number
 	needExpire bool          // units were given up: end the leases in the ledger
 	lastRenew  time.Time
 	lastClaim  time.Time
@@ -79,7 +80,9 @@ type leaseOp struct {
 }
 
 func newLeaser(s *Server) *leaser {
-	return &leaser{s: s, kick: make(chan struct{}, 1), done: make(chan struct{}), op: time.Now().UnixNano()}
+	l := &leaser{s: s, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	l.op.Store(time.Now().UnixNano())
+	return l
 }
 
 // valid reports whether leased units may be sold at nowNs.
@@ -147,9 +150,34 @@ func (l *leaser) step(ctx context.Context) {
 		l.lastClaim = now
 		l.reclaim(ctx)
 	}
-	for _, it := range l.s.items.all() {
-		l.topUp(ctx, it, time.Now())
+	l.topUpAll(ctx)
+}
+
+// leaseWorkers is how many SKUs are topped up at once: each grant or return
+// is a transaction of a few round trips, and a sale of a thousand SKUs
+// starting at once must not wait for them one by one.
+const leaseWorkers = 8
+
+// topUpAll runs topUp for every item, leaseWorkers at a time (each item's
+// lease state is touched by one of them only), and returns when all are done.
+func (l *leaser) topUpAll(ctx context.Context) {
+	items := l.s.items.all()
+	work := make(chan *saleItem)
+	var wg sync.WaitGroup
+	for range min(leaseWorkers, len(items)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for it := range work {
+				l.topUp(ctx, it, time.Now())
+			}
+		}()
 	}
+	for _, it := range items {
+		work <- it
+	}
+	close(work)
+	wg.Wait()
 }
 
 // call runs a ledger call under a deadline of TTL/4.
@@ -285,8 +313,7 @@ func (l *leaser) topUp(ctx context.Context, it *saleItem, now time.Time) {
 	}
 	switch {
 	case rem < need/2+1 && now.After(st.waitUntil):
-		l.op++
-		l.grant(ctx, it, &leaseOp{op: l.op, grant: true, units: need - rem, asked: now}, now)
+		l.grant(ctx, it, &leaseOp{op: l.op.Add(1), grant: true, units: need - rem, asked: now}, now)
 	case rem > 2*need && it.poolEmpty.Load():
 		l.giveBack(ctx, it, rem-need, nil)
 	}
@@ -351,8 +378,7 @@ func (l *leaser) giveBack(ctx context.Context, it *saleItem, n int64, p *leaseOp
 		if took == 0 {
 			return
 		}
-		l.op++
-		p = &leaseOp{op: l.op, units: took, asked: time.Now()}
+		p = &leaseOp{op: l.op.Add(1), units: took, asked: time.Now()}
 	}
 	err := l.call(ctx, func(ctx context.Context) error {
 		return ledger.ReturnStock(ctx, l.s.pool, it.sku, l.s.cfg.NodeID, p.units, p.op)

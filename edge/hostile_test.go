@@ -189,9 +189,13 @@ func TestHostileLoadKeepsServing(t *testing.T) {
 	}
 	defer cmd.Process.Kill()
 
-	// Wait until the slowloris connections are in.
-	deadline := time.Now().Add(2 * time.Minute) // the attacker shares a busy machine with other packages' tests
-	for s.conns.Load() < int64(slow*9/10) {
+	// Wait until the slowloris connections are in: alone, 9,000-10,000 are
+	// open at once; on a CI machine running other packages' tests beside
+	// this one, ~5,800, because each lives 3 s (the header-read timeout)
+	// and its reconnect waits for SYN retransmits (1 s, then 3 s) when the
+	// accept queue overflows. Half of them at once is the bar.
+	deadline := time.Now().Add(2 * time.Minute)
+	for s.conns.Load() < int64(slow/2) {
 		if time.Now().After(deadline) {
 			t.Fatalf("only %d connections open after 2 minutes; attacker:\n%s", s.conns.Load(), out.String())
 		}

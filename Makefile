@@ -21,8 +21,11 @@ run: build
 
 # Every test, unit and integration, with the race detector. Integration tests
 # start their own PostgreSQL cluster and embedded Kafka broker on loopback.
+# One package at a time (-p 1): several start whole stacks (three edges and
+# two ingest processes; 10,000 attacking connections), and side by side on a
+# 2-core machine they starved each other's accept queues into dial timeouts.
 test: deps
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	$(GO) test -race -count=1 -p 1 -timeout 20m $(PKGS)
 
 # The fault schedules of `make test` at full length: outages of 10 s, every
 # fault twice, a longer sale (faults_test.go, crash_test.go). A failing run

@@ -229,15 +229,13 @@ func replayInBackground(tracePath, dir, edgeAddr, adminURL string, timeout time.
 	return done
 }
 
-// checkAfterFaults verifies a replay that ran through faults: the seven
-// invariants of the replay's verification PASS, orders were accepted, and
-// each SKU's stock on the edge matches the ledger's orders (rebuilt after a
-// restart, not reset; every cancel's release applied once). logs are shown
-// when it fails.
-func checkAfterFaults(t *testing.T, out *replay.Outcome, dbURL, kafka, adminURL string, seed uint64, logs ...*child) {
+// verifyReplayed runs the replay's verification against the ledger at dbURL
+// and the broker at kafka, logs the report, and fails the test (with the
+// seed and the processes' logs) unless every invariant PASSes. It returns
+// that explanation, for the caller's own checks.
+func verifyReplayed(t *testing.T, out *replay.Outcome, dbURL, kafka, when string, seed uint64, logs ...*child) (explain func() string) {
 	t.Helper()
-	ctx := context.Background()
-	explain := func() string {
+	explain = func() string {
 		var sb strings.Builder
 		fmt.Fprintf(&sb, "seed %d", seed)
 		for _, c := range logs {
@@ -247,7 +245,7 @@ func checkAfterFaults(t *testing.T, out *replay.Outcome, dbURL, kafka, adminURL 
 	}
 	vc := replay.VerifyConfig{DatabaseURL: dbURL, KafkaBrokers: []string{kafka},
 		Group: ingest.DefaultConfig().Group, DrainTimeout: 2 * time.Minute}
-	if err := replay.Verify(ctx, out, vc); err != nil {
+	if err := replay.Verify(context.Background(), out, vc); err != nil {
 		t.Fatalf("%v (%s)", err, explain())
 	}
 	var sb strings.Builder
@@ -256,8 +254,20 @@ func checkAfterFaults(t *testing.T, out *replay.Outcome, dbURL, kafka, adminURL 
 	}
 	t.Log("\n" + sb.String())
 	if !replay.Passed(out.Run) {
-		t.Fatalf("an invariant broke under faults (%s)", explain())
+		t.Fatalf("an invariant broke %s (%s)", when, explain())
 	}
+	return explain
+}
+
+// checkAfterFaults verifies a replay that ran through faults: the seven
+// invariants of the replay's verification PASS, orders were accepted, and
+// each SKU's stock on the edge matches the ledger's orders (rebuilt after a
+// restart, not reset; every cancel's release applied once). logs are shown
+// when it fails.
+func checkAfterFaults(t *testing.T, out *replay.Outcome, dbURL, kafka, adminURL string, seed uint64, logs ...*child) {
+	t.Helper()
+	ctx := context.Background()
+	explain := verifyReplayed(t, out, dbURL, kafka, "under faults", seed, logs...)
 	if out.Run.Totals.Outcomes[outcomeIndex(t, out.Run, "accepted")] == 0 {
 		t.Fatal("no order was accepted: the test sold nothing")
 	}

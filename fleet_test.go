@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/flashgate/flashgate/bench/replay"
-	"github.com/flashgate/flashgate/ingest"
 	"github.com/flashgate/flashgate/ledger"
 	"github.com/flashgate/flashgate/lib/testenv"
 )
@@ -37,14 +36,12 @@ func TestThreeEdgesTwoIngest(t *testing.T) {
 	second.start()
 	addrs := []string{st.edgeAddr}
 	logs := []*child{st.edge, st.ing, second}
-	admins := []string{st.adminURL}
 	for node := 2; node <= 3; node++ {
 		addr := freeAddr(t)
-		e, admin := st.newEdgeAt(t, dir, fmt.Sprint("edge-", node), addr, append([]string{"-edge.nodeID", fmt.Sprint(node)}, lease...)...)
+		e, _ := st.newEdgeAt(t, dir, fmt.Sprint("edge-", node), addr, append([]string{"-edge.nodeID", fmt.Sprint(node)}, lease...)...)
 		e.start()
 		addrs = append(addrs, addr)
 		logs = append(logs, e)
-		admins = append(admins, admin)
 	}
 
 	out, err := replay.Run(context.Background(), replay.Config{
@@ -54,25 +51,7 @@ func TestThreeEdgesTwoIngest(t *testing.T) {
 	if err != nil {
 		t.Fatalf("replay: %v", err)
 	}
-	explain := func() string {
-		var sb strings.Builder
-		fmt.Fprintf(&sb, "seed %d", seed)
-		for _, c := range logs {
-			fmt.Fprintf(&sb, "\n---- %s log:\n%s", c.name, c.tail())
-		}
-		return sb.String()
-	}
-	vc := replay.VerifyConfig{DatabaseURL: st.dbURL, KafkaBrokers: []string{st.kafkaAddr},
-		Group: ingest.DefaultConfig().Group, DrainTimeout: 2 * time.Minute}
-	if err := replay.Verify(context.Background(), out, vc); err != nil {
-		t.Fatalf("%v (%s)", err, explain())
-	}
-	for _, c := range out.Run.Checks {
-		t.Logf("  %s %v: %s", c.Name, c.Pass, c.Detail)
-	}
-	if !replay.Passed(out.Run) {
-		t.Fatalf("an invariant broke across three edges (%s)", explain())
-	}
+	verifyReplayed(t, out, st.dbURL, st.kafkaAddr, "across three edges", seed, logs...)
 
 	// Every edge sold.
 	ctx := context.Background()

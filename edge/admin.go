@@ -101,6 +101,15 @@ var pprofHandlers = map[string]fasthttp.RequestHandler{
 
 var pprofIndex = fasthttpadaptor.NewFastHTTPHandlerFunc(pprof.Index)
 
+// servePprof answers a /debug/pprof/ path: a profile, or the index.
+func servePprof(ctx *fasthttp.RequestCtx, path string) {
+	if h, ok := pprofHandlers[path]; ok {
+		h(ctx)
+	} else {
+		pprofIndex(ctx)
+	}
+}
+
 func (a *Admin) handle(ctx *fasthttp.RequestCtx) {
 	if string(ctx.Path()) == "/dashboard" && (ctx.IsGet() || ctx.IsHead()) {
 		serveDashboard(ctx) // the page holds no data: its reads of /metrics need the token
@@ -155,11 +164,7 @@ func (a *Admin) handle(ctx *fasthttp.RequestCtx) {
 		metrics.WritePrometheus(ctx, true)
 		a.srv.writeMetrics(ctx)
 	case strings.HasPrefix(path, "/debug/pprof/"):
-		if h, ok := pprofHandlers[path]; ok {
-			h(ctx)
-		} else {
-			pprofIndex(ctx)
-		}
+		servePprof(ctx, path)
 	default:
 		adminProblem(ctx, 404, probNotFound, "no such endpoint")
 	}
@@ -407,11 +412,7 @@ func StartOpsServer(addr string) (*OpsServer, error) {
 			ctx.SetContentType("text/plain; version=0.0.4")
 			metrics.WritePrometheus(ctx, true)
 		case strings.HasPrefix(path, "/debug/pprof/"):
-			if h, ok := pprofHandlers[path]; ok {
-				h(ctx)
-			} else {
-				pprofIndex(ctx)
-			}
+			servePprof(ctx, path)
 		default:
 			adminProblem(ctx, 404, probNotFound, "no such endpoint: /metrics, /healthz, /debug/pprof/")
 		}

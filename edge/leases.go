@@ -76,7 +76,6 @@ type leaseOp struct {
 	op    int64
 	grant bool
 	units int64 // wanted (grant) or taken out of the stripes (return)
-	asked time.Time
 }
 
 func newLeaser(s *Server) *leaser {
@@ -236,6 +235,11 @@ func (l *leaser) renew(ctx context.Context, sent time.Time) {
 func (l *leaser) drop(it *saleItem, why string) {
 	it.mu.Lock()
 	defer it.mu.Unlock()
+	l.dropLocked(it, why)
+}
+
+// dropLocked is drop with it.mu held.
+func (l *leaser) dropLocked(it *saleItem, why string) {
 	it.leaseEpoch.Add(1)
 	n := it.drainAll()
 	if p := it.lease.pending; p != nil && !p.grant {
@@ -313,7 +317,7 @@ func (l *leaser) topUp(ctx context.Context, it *saleItem, now time.Time) {
 	}
 	switch {
 	case rem < need/2+1 && now.After(st.waitUntil):
-		l.grant(ctx, it, &leaseOp{op: l.op.Add(1), grant: true, units: need - rem, asked: now}, now)
+		l.grant(ctx, it, &leaseOp{op: l.op.Add(1), grant: true, units: need - rem}, now)
 	case rem > 2*need && it.poolEmpty.Load():
 		l.giveBack(ctx, it, rem-need, nil)
 	}
@@ -378,7 +382,7 @@ func (l *leaser) giveBack(ctx context.Context, it *saleItem, n int64, p *leaseOp
 		if took == 0 {
 			return
 		}
-		p = &leaseOp{op: l.op.Add(1), units: took, asked: time.Now()}
+		p = &leaseOp{op: l.op.Add(1), units: took}
 	}
 	err := l.call(ctx, func(ctx context.Context) error {
 		return ledger.ReturnStock(ctx, l.s.pool, it.sku, l.s.cfg.NodeID, p.units, p.op)
@@ -389,11 +393,8 @@ func (l *leaser) giveBack(ctx context.Context, it *saleItem, n int64, p *leaseOp
 		it.stock.Add(-p.units)
 		leaseReturnedTotal.Add(int(p.units))
 	case errors.Is(err, ledger.ErrLeaseLost):
-		it.lease.pending = nil
-		it.leaseEpoch.Add(1)
-		lost := p.units + it.drainAll()
-		it.stock.Store(0)
-		leaseLostTotal.Add(int(lost))
+		it.lease.pending = p // its units are lost with the rest
+		l.dropLocked(it, "the lease expired before the units were returned")
 	default:
 		it.lease.pending = p // never back into the stripes: it may have committed
 		slog.Warn("edge: returning leased stock failed; asking again", "sku", it.sku, "units", p.units, "err", err)

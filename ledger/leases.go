@@ -40,14 +40,14 @@ var ErrLeaseLost = errors.New("the stock lease expired")
 
 // Grant is the answer to a lease request.
 type Grant struct {
-	Units     int64     // units granted now (0 when the pool is empty)
-	Pool      int64     // units left in the pool after the grant
+	Units int64 // units granted now (0 when the pool is empty)
+	Pool  int64 // units left in the pool after the grant
 	// Held is what all leases hold after the grant, this node's included:
 	// units the edges may still sell, and orders not in the ledger yet
 	// (which may still fail and give their units back). With the pool
 	// empty, the SKU is sold out only when this is 0 too: every unit is in
 	// an order the ledger holds.
-	Held int64
+	Held      int64
 	ExpiresAt time.Time // the lease's expiry, by the ledger's clock
 }
 

@@ -508,3 +508,34 @@ func consumeValues(t *testing.T, kf *broker.Embedded) []string {
 	}
 	return out
 }
+
+// Orders that wait for Kafka from the edge's first moments are not taken
+// for a stuck producer: unstick measures from the start, not from the
+// epoch (it aborted them at the first tick once: every edge restarted
+// under load lost its first orders to 503s and reconciliation).
+func TestOrdersRightAfterStartAreNotAborted(t *testing.T) {
+	kf := testenv.Broker(t, 1)
+	var hold, drop atomic.Bool
+	var held atomic.Int64
+	hold.Store(true)
+	holdProduces(kf.Cluster(), &hold, &drop, &held)
+	t.Cleanup(func() { hold.Store(false) })
+	aborts := producerAbortsTotal.Get()
+	s := startTestEdge(t, kf, "FRESH", 10)
+	got := make(chan int, 1)
+	go func() {
+		code, _, _ := postOrder(t, s.cfg.Addr, "fresh", "FRESH")
+		got <- code
+	}()
+	for held.Load() == 0 { // the order waits for the broker across the first ticks
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	hold.Store(false)
+	if code := <-got; code != 202 {
+		t.Fatalf("the order held by the broker from the edge's start: %d, want 202", code)
+	}
+	if n := producerAbortsTotal.Get() - aborts; n != 0 {
+		t.Fatalf("the edge aborted its producer's records %d times: it took orders waiting since its start for a stuck producer", n)
+	}
+}

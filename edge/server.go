@@ -250,6 +250,10 @@ func (s *Server) Start() error {
 			if s.pool == nil {
 				slog.Warn("edge: no ledger: orders of unknown produce outcome keep their stock taken (not reconciled)")
 			}
+			// Orders may come before runHandoff's first tick: nothing has
+			// been waiting for longer than since now (from 0, unstick
+			// aborted the first orders of an edge started under load).
+			s.lastSettled.Store(time.Now().UnixNano())
 			go s.runHandoff(ctx)
 			if s.leases != nil {
 				s.leases.started = true

@@ -24,6 +24,9 @@ type decision struct {
 	replayID int64
 	replay   []byte // the stored 202 body, in the admitScratch
 	probe    bool   // the order is the breaker's half-open probe
+	// park: admitted without units, for the edge was out of leased units
+	// while the ledger may have more: it waits for a grant (parked.go).
+	park bool
 }
 
 // admitScratch holds buffers admission reuses; one per connection.
@@ -106,12 +109,19 @@ func (s *Server) admit(shard int, sc *admitScratch, user, sku []byte, qty int64,
 	if !it.take(shard, qty) {
 		if d.purchase != nil {
 			d.purchase.release(qty)
+			d.purchase = nil
+		}
+		if s.leases != nil && s.leases.mayGetMore(it) {
+			if !d.probe && s.mayPark() {
+				d.park = true // the caller parks it, or refuses it (noPark)
+				return d
+			}
+			s.breaker.cancelProbe(d.probe)
+			s.abandonIdem(d.idemK)
+			return refuseLeaseWait()
 		}
 		s.breaker.cancelProbe(d.probe)
 		s.abandonIdem(d.idemK)
-		if s.leases != nil && s.leases.mayGetMore(it) {
-			return refuse(503, probUnavailable, "this edge is leasing more stock of this sku from the ledger; retry after Retry-After seconds", 1, leaseWaitTotal)
-		}
 		return refuse(409, probSoldOut, "no stock left for this sku", 0, ordersSoldOutTotal)
 	}
 	if late {
@@ -123,6 +133,20 @@ func (s *Server) admit(shard int, sc *admitScratch, user, sku []byte, qty int64,
 		}
 	}
 	return d
+}
+
+func refuseLeaseWait() decision {
+	return refuse(503, probUnavailable, "this edge is leasing more stock of this sku from the ledger; retry after Retry-After seconds", 1, leaseWaitTotal)
+}
+
+// noPark turns a decision to park into the refusal a caller that cannot
+// park answers: 503 lease-wait.
+func (s *Server) noPark(d decision) decision {
+	if !d.park {
+		return d
+	}
+	s.abandonIdem(d.idemK)
+	return refuseLeaseWait()
 }
 
 // reservePurchase counts qty units of sku for user in d.purchase; on a

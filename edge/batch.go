@@ -174,7 +174,7 @@ func (s *Server) admitLine(cs *connState, r *request, b *batch, ln *batchLine, l
 		ln.refuse(400, probInvalidRequest, detail, 0)
 		return false
 	}
-	d := s.admit(b.shard, &cs.admit, b.user, sku, qty, key, nowNs)
+	d := s.noPark(s.admit(b.shard, &cs.admit, b.user, sku, qty, key, nowNs))
 	switch {
 	case d.status == 202: // an idempotent retry of an accepted order
 		ln.status, ln.orderID = 202, d.replayID

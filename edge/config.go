@@ -40,6 +40,10 @@ type Config struct {
 	// its recent rate (at least LeaseMinBlock).
 	LeaseHorizon  time.Duration
 	LeaseMinBlock int64
+	// LeaseWait is how long an order that finds the edge dry, while the
+	// ledger's pool still has units, waits for the next grant before it is
+	// answered 503 (0: answered at once).
+	LeaseWait time.Duration
 
 	// Protocol limits. Small: order requests are a few hundred bytes.
 	MaxRequestLineBytes int // 414 past it
@@ -145,6 +149,7 @@ func DefaultConfig() Config {
 		ReconcileAfter:      30 * time.Second, // well past a broker's request timeout
 		LeaseHorizon:        2 * time.Second,
 		LeaseMinBlock:       16,
+		LeaseWait:           time.Second,
 		MaxUnknownOrders:    100_000,
 		IngestGroup:         "flashgate-ingest",
 		MaxReadsInFlight:    256,
@@ -167,6 +172,7 @@ func init() {
 	flag.DurationVar(&flagConfig.LeaseTTL, "edge.leaseTTL", flagConfig.LeaseTTL, "lease stock from the ledger in blocks, for several edges selling the same SKUs (each with its own -edge.nodeID); a lease not renewed this long is reclaimed; 0 = off: this edge loads each SKU's whole stock")
 	flag.DurationVar(&flagConfig.LeaseHorizon, "edge.leaseHorizon", flagConfig.LeaseHorizon, "with leases: a block holds the units this edge sells in this long at its recent rate")
 	flag.Int64Var(&flagConfig.LeaseMinBlock, "edge.leaseMinBlock", flagConfig.LeaseMinBlock, "with leases: the smallest block asked for")
+	flag.DurationVar(&flagConfig.LeaseWait, "edge.leaseWait", flagConfig.LeaseWait, "with leases: an order that finds this edge out of leased units, while the ledger still has some, waits this long for the next grant before it gets 503 (0 = 503 at once)")
 	flag.IntVar(&flagConfig.NodeID, "edge.nodeID", flagConfig.NodeID, "this edge's id (0-63), unique per edge instance sharing a Kafka cluster; it is part of every order id")
 	flag.IntVar(&flagConfig.MaxRequestLineBytes, "edge.maxRequestLineBytes", flagConfig.MaxRequestLineBytes, "longest request line; longer gets 414")
 	flag.IntVar(&flagConfig.MaxHeaderBytes, "edge.maxHeaderBytes", flagConfig.MaxHeaderBytes, "largest header section in bytes; larger gets 431")
@@ -331,6 +337,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("edge: -edge.leaseTTL %v: use 0 (off) or at least 3s and twice -edge.deliveryTimeout (%v)", c.LeaseTTL, c.DeliveryTimeout)
 	case c.LeaseTTL != 0 && (c.LeaseHorizon < 10*time.Millisecond || c.LeaseMinBlock < 1):
 		return fmt.Errorf("edge: -edge.leaseHorizon %v and -edge.leaseMinBlock %d: want at least 10ms and 1", c.LeaseHorizon, c.LeaseMinBlock)
+	case c.LeaseWait < 0 || c.LeaseWait > c.DeliveryTimeout:
+		return fmt.Errorf("edge: -edge.leaseWait %v: want 0 to -edge.deliveryTimeout (%v): an order's wait for stock and for Kafka together stay within twice that", c.LeaseWait, c.DeliveryTimeout)
 	case c.NodeID < 0 || c.NodeID > 63:
 		return fmt.Errorf("edge: -edge.nodeID %d outside [0, 63]", c.NodeID)
 	case c.MaxRequestLineBytes < 64 || c.MaxHeaderBytes < 256 || c.MaxHeaders < 4 || c.MaxBodyBytes < 64:

@@ -34,6 +34,9 @@ type slot struct {
 	bodyOff  int    // where the 202 body starts in resp (stored for idempotent replays)
 	promise  func(*kgo.Record, error)
 	stream   *sseStream // an event stream holding this slot (GET /v1/orders/{id}/events)
+
+	parkNext    *slot // the next order parked for the same SKU (parked.go)
+	parkedUntil int64 // ns: a parked order is answered 503 then
 }
 
 // connState is a connection's state; only its event loop touches it, except

@@ -290,6 +290,9 @@ func (s *Server) settle(h *handoff, err error, body, scratch []byte) (accepted, 
 func (s *Server) accept(h *handoff, nowNs int64, body, scratch []byte) {
 	orderDuration.Update(float64(nowNs-h.startNs) / 1e9)
 	h.item.accepted.Add(1)
+	if s.leases != nil {
+		h.item.countAcked(h.epoch, h.qty)
+	}
 	ordersAcceptedTotal.Inc()
 	s.recent.put(h.orderID, h.user, h.sku, h.qty)
 	if len(h.idemK) > 0 {

@@ -24,9 +24,10 @@ import (
 //     -edge.leaseMinBlock) whenever less than half of that is left, and the
 //     ledger grants at most the pool divided among the edges holding leases,
 //     so blocks shrink near the end of stock.
-//   - An edge with no units answers 503 + Retry-After (more stock is on its
-//     way) unless its last grant found the pool empty and no lease holding
-//     a unit: sold out means every unit is in an order the ledger holds.
+//   - An order that finds the edge with no units waits for the next grant
+//     (parked.go, -edge.leaseWait), then 503 + Retry-After, unless the last
+//     grant found the pool empty and no lease holding a unit: sold out means
+//     every unit is in an order the ledger holds.
 //   - Leases are renewed every second (at most TTL/3); the renewal also says
 //     which SKUs another edge found the pool short of lately, and for two
 //     seconds this edge keeps only what it sells in half a horizon (none
@@ -59,6 +60,8 @@ type leaser struct {
 	lastRenew  time.Time
 	lastClaim  time.Time
 	lastTerms  time.Time
+	reclaiming atomic.Bool    // a reclaim runs (reclaim)
+	wg         sync.WaitGroup // its goroutine: run waits for it
 }
 
 // leaseStats is the manager's view of one item (only it touches them).
@@ -87,18 +90,23 @@ func newLeaser(s *Server) *leaser {
 // valid reports whether leased units may be sold at nowNs.
 func (l *leaser) valid(nowNs int64) bool { return nowNs < l.validUntil.Load() }
 
-// mayGetMore reports whether an order refused for want of units should be
-// told to retry (the pool had units at the last grant), and wakes the manager.
-// It runs on an event loop: it never blocks.
+// mayGetMore reports whether an order that found no units should wait or be
+// told to retry (the pool had units at the last grant), and wakes the
+// manager. It runs on an event loop: it never blocks.
 func (l *leaser) mayGetMore(it *saleItem) bool {
 	if it.poolEmpty.Load() {
 		return false
 	}
+	l.wake()
+	return true
+}
+
+// wake makes the manager take its next step now. It never blocks.
+func (l *leaser) wake() {
 	select {
 	case l.kick <- struct{}{}:
 	default:
 	}
-	return true
 }
 
 const (
@@ -109,13 +117,16 @@ const (
 
 func (l *leaser) run(ctx context.Context) {
 	defer close(l.done)
+	defer l.wg.Wait()
 	// A previous process with this node id may have held units it no longer
 	// has: end its leases before taking new ones.
 	l.needExpire = true
 	t := time.NewTicker(leaseTick)
 	defer t.Stop()
 	for {
+		start := time.Now()
 		l.step(ctx)
+		leaseStep.UpdateDuration(start)
 		select {
 		case <-ctx.Done():
 			return
@@ -128,6 +139,11 @@ func (l *leaser) run(ctx context.Context) {
 func (l *leaser) step(ctx context.Context) {
 	cfg := &l.s.cfg
 	now := time.Now()
+	for _, it := range l.s.items.all() { // first: their waits are bounded whatever the ledger does
+		if it.parked.head.Load() != nil {
+			l.serveParked(it, now)
+		}
+	}
 	if !l.valid(now.UnixNano()) {
 		l.dropAll("the stock leases could not be renewed in time")
 	}
@@ -209,7 +225,7 @@ func (l *leaser) renew(ctx context.Context, sent time.Time) {
 	cfg := &l.s.cfg
 	var r ledger.Renewal
 	err := l.call(ctx, func(ctx context.Context) (err error) {
-		r, err = ledger.RenewLeases(ctx, l.s.pool, cfg.NodeID, cfg.LeaseTTL)
+		r, err = ledger.RenewLeases(ctx, l.s.pool, cfg.NodeID, cfg.LeaseTTL, l.reports())
 		return err
 	})
 	if err != nil {
@@ -230,6 +246,19 @@ func (l *leaser) renew(ctx context.Context, sent time.Time) {
 	}
 }
 
+// reports are this edge's open units of every SKU it leased (the renewal
+// records them; see ledger/leases.go). A grant or return runs on this
+// goroutine only, so none changes a SKU's stock meanwhile.
+func (l *leaser) reports() []ledger.Unsettled {
+	var r []ledger.Unsettled
+	for _, it := range l.s.items.all() {
+		if it.stock.Load() > 0 || it.lease.pending != nil {
+			r = append(r, ledger.Unsettled{SKU: it.sku, Units: it.openUnits()})
+		}
+	}
+	return r
+}
+
 // drop gives up the units the edge holds of it: they are no longer its to
 // sell (the ledger reclaims them).
 func (l *leaser) drop(it *saleItem, why string) {
@@ -240,7 +269,7 @@ func (l *leaser) drop(it *saleItem, why string) {
 
 // dropLocked is drop with it.mu held.
 func (l *leaser) dropLocked(it *saleItem, why string) {
-	it.leaseEpoch.Add(1)
+	it.newLeaseEpoch()
 	n := it.drainAll()
 	if p := it.lease.pending; p != nil && !p.grant {
 		n += p.units // a return whose answer was lost: reclaimed too, if it did not apply
@@ -308,7 +337,7 @@ func (l *leaser) topUp(ctx context.Context, it *saleItem, now time.Time) {
 		return
 	}
 	sells := int64(st.rate*cfg.LeaseHorizon.Seconds() + 0.5) // what this edge sells in a horizon
-	need := max(cfg.LeaseMinBlock, sells)
+	need := max(cfg.LeaseMinBlock, sells) + it.parked.units.Load()
 	// Another edge wants units the pool lacks: keep only what this edge
 	// sells in half a horizon (nothing, if it sells none).
 	if keep := sells / 2; now.Before(st.othersStarve) && rem > keep {
@@ -329,7 +358,7 @@ func (l *leaser) grant(ctx context.Context, it *saleItem, p *leaseOp, now time.T
 	cfg := &l.s.cfg
 	var g ledger.Grant
 	err := l.call(ctx, func(ctx context.Context) (err error) {
-		g, err = ledger.LeaseStock(ctx, l.s.pool, it.sku, cfg.NodeID, p.units, cfg.LeaseTTL, p.op)
+		g, err = ledger.LeaseStock(ctx, l.s.pool, it.sku, cfg.NodeID, p.units, cfg.LeaseTTL, p.op, it.openUnits())
 		return err
 	})
 	switch {
@@ -350,7 +379,7 @@ func (l *leaser) grant(ctx context.Context, it *saleItem, p *leaseOp, now time.T
 	// order of this one still waiting for Kafka or the ledger (it may fail
 	// and give its unit back). Until then this edge asks again soon and
 	// answers 503 + Retry-After meanwhile.
-	it.poolEmpty.Store(short && g.Held == 0)
+	it.poolEmpty.Store(short && g.Open == 0)
 	switch {
 	case it.poolEmpty.Load():
 		it.lease.waitUntil = now.Add(cfg.LeaseHorizon / 4) // the pool refills only by cancellations and expiries now
@@ -358,6 +387,9 @@ func (l *leaser) grant(ctx context.Context, it *saleItem, p *leaseOp, now time.T
 		it.lease.waitUntil = now.Add(200 * time.Millisecond)
 	}
 	if g.Units == 0 {
+		if it.poolEmpty.Load() && it.parked.head.Load() != nil {
+			l.serveParked(it, time.Now()) // sold out: they are told now
+		}
 		return
 	}
 	it.mu.Lock()
@@ -366,6 +398,9 @@ func (l *leaser) grant(ctx context.Context, it *saleItem, p *leaseOp, now time.T
 	it.mu.Unlock()
 	leaseGrantsTotal.Inc()
 	leaseUnitsTotal.Add(int(g.Units))
+	if it.parked.head.Load() != nil {
+		l.serveParked(it, time.Now())
+	}
 }
 
 // giveBack returns up to n units the edge holds of it to the pool, or asks
@@ -385,7 +420,7 @@ func (l *leaser) giveBack(ctx context.Context, it *saleItem, n int64, p *leaseOp
 		p = &leaseOp{op: l.op.Add(1), units: took}
 	}
 	err := l.call(ctx, func(ctx context.Context) error {
-		return ledger.ReturnStock(ctx, l.s.pool, it.sku, l.s.cfg.NodeID, p.units, p.op)
+		return ledger.ReturnStock(ctx, l.s.pool, it.sku, l.s.cfg.NodeID, p.units, p.op, it.openUnits())
 	})
 	switch {
 	case err == nil:
@@ -416,21 +451,39 @@ func (l *leaser) returnAll(ctx context.Context) {
 
 // reclaim puts the units of leases expired longer than a delivery timeout
 // ago back into the pool, once ingest has written every order produced
-// until now.
+// until now. Waiting for ingest can take seconds under load: when there is
+// something to reclaim, it runs on its own goroutine (one at a time), so
+// grants and parked orders do not wait for it.
 func (l *leaser) reclaim(ctx context.Context) {
-	cfg := &l.s.cfg
-	ctx, cancel := context.WithTimeout(ctx, cfg.LeaseTTL/2)
-	defer cancel()
-	if err := l.s.waitIngest(ctx); err != nil {
-		slog.Debug("edge: not reclaiming expired leases yet", "err", err)
+	if !l.reclaiming.CompareAndSwap(false, true) {
 		return
 	}
-	got, err := ledger.ReclaimExpiredLeases(ctx, l.s.pool, cfg.DeliveryTimeout)
-	for _, r := range got {
-		leaseReclaimedTotal.Add(int(r.Units))
-		slog.Info("edge: reclaimed the units of an expired stock lease", "sku", r.SKU, "node", r.Node, "units", r.Units)
+	cfg := &l.s.cfg
+	skus, err := ledger.ExpiredLeaseSKUs(ctx, l.s.pool, cfg.DeliveryTimeout)
+	if err != nil || len(skus) == 0 {
+		if err != nil {
+			slog.Warn("edge: looking for expired stock leases", "err", err)
+		}
+		l.reclaiming.Store(false)
+		return
 	}
-	if err != nil {
-		slog.Warn("edge: reclaiming expired stock leases", "err", err)
-	}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		defer l.reclaiming.Store(false)
+		ctx, cancel := context.WithTimeout(ctx, cfg.LeaseTTL/2)
+		defer cancel()
+		if err := l.s.waitIngest(ctx); err != nil {
+			slog.Debug("edge: not reclaiming expired leases yet", "err", err)
+			return
+		}
+		got, err := ledger.ReclaimExpiredLeases(ctx, l.s.pool, cfg.DeliveryTimeout)
+		for _, r := range got {
+			leaseReclaimedTotal.Add(int(r.Units))
+			slog.Info("edge: reclaimed the units of an expired stock lease", "sku", r.SKU, "node", r.Node, "units", r.Units)
+		}
+		if err != nil {
+			slog.Warn("edge: reclaiming expired stock leases", "err", err)
+		}
+	}()
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,19 +17,31 @@ import (
 	"github.com/flashgate/flashgate/lib/testenv"
 )
 
+// leaseSetup changes what startLeasingEdges runs.
+type leaseSetup struct {
+	ledgerURL func(i int, url string) string // the ledger's URL edge i uses
+	noIngest  bool                           // orders stay in Kafka
+	config    func(*Config)
+}
+
 // startLeasingEdges runs n edges with stock leases on one broker, ledger and
-// ingest, as nodes 1..n. ledgerURL, if given, maps the ledger's URL to the
-// one edge i uses.
-func startLeasingEdges(t *testing.T, n int, ttl time.Duration, ledgerURL ...func(i int, url string) string) ([]*Server, ledger.TxBeginner) {
+// ingest, as nodes 1..n.
+func startLeasingEdges(t *testing.T, n int, ttl time.Duration, setup ...leaseSetup) ([]*Server, ledger.TxBeginner) {
 	t.Helper()
+	var su leaseSetup
+	if len(setup) > 0 {
+		su = setup[0]
+	}
 	kf := testenv.Broker(t, 3)
 	pool, url := testenv.Ledger(t)
-	startIngest(t, kf, url)
+	if !su.noIngest {
+		startIngest(t, kf, url)
+	}
 	var edges []*Server
 	for i := 1; i <= n; i++ {
 		edgePool := pool
-		if len(ledgerURL) > 0 {
-			if u := ledgerURL[0](i, url); u != url {
+		if su.ledgerURL != nil {
+			if u := su.ledgerURL(i, url); u != url {
 				p, err := ledger.Open(context.Background(), u, 4)
 				if err != nil {
 					t.Fatal(err)
@@ -42,6 +55,9 @@ func startLeasingEdges(t *testing.T, n int, ttl time.Duration, ledgerURL ...func
 		cfg.LeaseTTL, cfg.DeliveryTimeout, cfg.ReconcileAfter = ttl, ttl/2, ttl/2
 		cfg.LeaseMinBlock = 4
 		cfg.RatePerIP = RateLimit{} // every client is 127.0.0.1
+		if su.config != nil {
+			su.config(&cfg)
+		}
 		s, err := New(cfg, edgePool)
 		if err != nil {
 			t.Fatal(err)
@@ -297,7 +313,7 @@ func (p *tcpProxy) Cut() {
 // a unit the ledger has given to another.
 func TestCutOffEdgeStopsSellingItsLease(t *testing.T) {
 	var proxy *tcpProxy
-	edges, pool := startLeasingEdges(t, 3, 6*time.Second, func(i int, raw string) string {
+	edges, pool := startLeasingEdges(t, 3, 6*time.Second, leaseSetup{ledgerURL: func(i int, raw string) string {
 		if i != 1 {
 			return raw
 		}
@@ -308,7 +324,7 @@ func TestCutOffEdgeStopsSellingItsLease(t *testing.T) {
 		proxy = startProxy(t, u.Host)
 		u.Host = proxy.l.Addr().String()
 		return u.String()
-	})
+	}})
 	const stock = 300
 	cut := edges[0]
 	if _, err := edges[1].PutSaleItem(context.Background(), ledger.SaleItem{SKU: "LEASED-3", Stock: stock, PriceCents: 100}); err != nil {
@@ -377,4 +393,134 @@ func TestCutOffEdgeStopsSellingItsLease(t *testing.T) {
 		t.Fatal("nothing was reclaimed: the cut-off edge held no units the test could lose")
 	}
 	t.Logf("the cut-off edge sold %d, the others %d; %d units reclaimed", cutSold.Load(), accepted, leaseReclaimedTotal.Get()-reclaimedBefore)
+}
+
+// An order that finds its edge out of leased units waits for the next grant
+// instead of getting 503, and once every unit is in an order Kafka
+// acknowledged the rest are told sold out, without ingest writing a single
+// order (none runs here: the edges' reports of their unsettled units
+// decide). Exactly the stock is sold; every other order gets 409, none 503.
+func TestParkedOrdersWaitForGrants(t *testing.T) {
+	edges, _ := startLeasingEdges(t, 2, 20*time.Second, leaseSetup{noIngest: true, config: func(c *Config) {
+		c.LeaseWait = c.DeliveryTimeout
+	}})
+	const stock, orders = 40, 100
+	if _, err := edges[0].PutSaleItem(context.Background(), ledger.SaleItem{SKU: "PARKED-1", Stock: stock, PriceCents: 100}); err != nil {
+		t.Fatal(err)
+	}
+	waitKnown(t, edges, "PARKED-1")
+	parkedBefore := ordersParkedTotal.Get()
+	var codes sync.Map // status -> *atomic.Int64
+	var wg sync.WaitGroup
+	for i := range orders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, _, body := postOrder(t, edges[i%2].cfg.Addr, fmt.Sprint("pu", i), "PARKED-1")
+			n, _ := codes.LoadOrStore(code, new(atomic.Int64))
+			n.(*atomic.Int64).Add(1)
+			if code != 202 && code != 409 {
+				t.Errorf("order %d on edge %d: %d %s", i, i%2+1, code, body)
+			}
+		}()
+	}
+	wg.Wait()
+	count := func(code int) int64 {
+		if n, ok := codes.Load(code); ok {
+			return n.(*atomic.Int64).Load()
+		}
+		return 0
+	}
+	if count(202) != stock || count(409) != orders-stock {
+		t.Fatalf("%d accepted and %d sold out of %d orders; want exactly the stock %d accepted, the rest sold out", count(202), count(409), orders, stock)
+	}
+	if ordersParkedTotal.Get() == parkedBefore {
+		t.Fatal("no order waited for a grant: the test proved nothing")
+	}
+	t.Logf("%d orders waited for a grant", ordersParkedTotal.Get()-parkedBefore)
+}
+
+// A parked order is answered when its wait is over even if the ledger
+// cannot be reached (503 lease-wait, not before -edge.leaseWait), and a
+// drain answers the parked orders at once (503, Connection: close).
+func TestParkedOrdersAreAnsweredWhenTheLedgerIsGone(t *testing.T) {
+	var proxy *tcpProxy
+	edges, _ := startLeasingEdges(t, 1, 20*time.Second, leaseSetup{
+		ledgerURL: func(i int, raw string) string {
+			u, err := url.Parse(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			proxy = startProxy(t, u.Host)
+			u.Host = proxy.l.Addr().String()
+			return u.String()
+		},
+		config: func(c *Config) { c.LeaseWait = 2 * time.Second },
+	})
+	s := edges[0]
+	if _, err := s.PutSaleItem(context.Background(), ledger.SaleItem{SKU: "PARKED-2", Stock: 1000, PriceCents: 100}); err != nil {
+		t.Fatal(err)
+	}
+	waitKnown(t, edges, "PARKED-2")
+	for i := 0; ; i++ { // until a grant arrived: the pool is known to have units
+		code, _, body := postOrder(t, s.cfg.Addr, fmt.Sprint("pg", i), "PARKED-2")
+		if code == 202 {
+			break
+		}
+		if code != 503 || i > 500 {
+			t.Fatalf("first order: %d %s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond) // the first renewal
+	}
+	proxy.Cut()
+	// Sell what the edge holds; the next order waits for a grant that cannot come.
+	var code int
+	var body string
+	var took time.Duration
+	for i := 0; ; i++ {
+		start := time.Now()
+		code, _, body = postOrder(t, s.cfg.Addr, fmt.Sprint("ph", i), "PARKED-2")
+		took = time.Since(start)
+		if code != 202 {
+			break
+		}
+		if i > 1000 {
+			t.Fatal("the edge kept selling without the ledger")
+		}
+	}
+	if code != 503 || !strings.Contains(body, "leasing more stock") || took < s.cfg.LeaseWait {
+		t.Fatalf("the order past the edge's units: %d after %v: %s; want 503 lease-wait after -edge.leaseWait (%v)", code, took, body, s.cfg.LeaseWait)
+	}
+	// Another waits; the edge drains meanwhile.
+	type answer struct {
+		code  int
+		close bool
+		body  string
+	}
+	got := make(chan answer, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", "http://"+s.cfg.Addr+"/v1/orders", strings.NewReader(`{"sku":"PARKED-2","qty":1}`))
+		req.Header.Set("X-User-ID", "pdrain")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			got <- answer{body: err.Error()}
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		got <- answer{resp.StatusCode, resp.Close, string(b)}
+	}()
+	for s.parked.Load() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := s.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s.parked.Load() != 0 {
+		t.Fatalf("the drain returned with %d orders parked", s.parked.Load())
+	}
+	a := <-got
+	if a.code != 503 || !strings.Contains(a.body, "shutting down") || !a.close {
+		t.Fatalf("the order parked during the drain: %d (close %v) %s; want 503, shutting down, Connection: close", a.code, a.close, a.body)
+	}
 }

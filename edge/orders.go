@@ -224,6 +224,10 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 	sl.bodyOff = len(sl.resp) - len(body)
 
 	sl.rec = kgo.Record{Key: sl.key, Value: sl.val}
+	if d.park { // no units yet: it waits for the next lease grant
+		s.park(sl, nowNs)
+		return
+	}
 	if s.cfg.UnsafeNoKafka { // benchmarks of the path up to the hand-off
 		s.accept(&sl.handoff, nowNs, sl.resp[sl.bodyOff:], sl.val[:0])
 		responsesTotal[202].Inc()

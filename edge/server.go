@@ -68,6 +68,7 @@ type Server struct {
 	conns    atomic.Int64
 	queued   atomic.Int64 // responses queued on connections, not yet written
 	produces atomic.Int64 // records handed to Kafka, not yet acked or failed
+	parked   atomic.Int64 // orders waiting for a lease grant (parked.go)
 	draining atomic.Bool
 	// lastSettled is when a produce outcome was last applied (settle), and
 	// aborting is set while unstick aborts the producer's records.
@@ -327,10 +328,10 @@ func (s *Server) stop(ctx context.Context) error {
 // after ingest caught up (a handover). Stop ends the edge.
 func (s *Server) Drain(ctx context.Context) error {
 	s.draining.Store(true)
-	s.events.each(0, (*sseStream).end) // event streams end now: they would hold the drain
-	for s.produces.Load() > 0 {
+	s.events.each(0, (*sseStream).end)          // event streams end now: they would hold the drain
+	for s.parked.Load()+s.produces.Load() > 0 { // the lease manager answers the parked ones now
 		if ctx.Err() != nil {
-			return fmt.Errorf("edge: draining with %d produces outstanding: %w", s.produces.Load(), ctx.Err())
+			return fmt.Errorf("edge: draining with %d produces and %d orders waiting for stock outstanding: %w", s.produces.Load(), s.parked.Load(), ctx.Err())
 		}
 		time.Sleep(2 * time.Millisecond)
 	}

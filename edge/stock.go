@@ -47,8 +47,13 @@ type saleItem struct {
 	// With stock leases (leases.go): stock is the units leased in and not
 	// given back; leaseEpoch counts the leases lost, so units of an order
 	// taken under a lost lease are not given back to the next one.
-	leaseEpoch   atomic.Int64
+	leaseEpoch atomic.Int64
+	// acked packs the lease epoch (high 24 bits) with the units of this
+	// edge's orders taken under it that Kafka acknowledged (low 40 bits):
+	// stock less those is what may still be sold or come back (openUnits).
+	acked        atomic.Uint64
 	poolEmpty    atomic.Bool // the ledger had no more units at the last grant
+	parked       parkedList  // orders waiting for the next grant (parked.go)
 	lease        leaseStats  // the lease manager's own (one goroutine)
 	priceCents   atomic.Int64
 	perUserLimit atomic.Int32
@@ -265,3 +270,37 @@ func (t *saleTable) roomFor(sku string) error {
 }
 
 func (t *saleTable) all() map[string]*saleItem { return *t.m.Load() }
+
+// ackedBits is how many low bits of saleItem.acked count units.
+const ackedBits = 40
+
+// countAcked counts qty units of an order taken under lease epoch that
+// Kafka acknowledged; an order of an earlier epoch does not count.
+func (it *saleItem) countAcked(epoch, qty int64) {
+	for {
+		w := it.acked.Load()
+		if w>>ackedBits != uint64(epoch)&(1<<(64-ackedBits)-1) {
+			return
+		}
+		if it.acked.CompareAndSwap(w, w+uint64(qty)) {
+			return
+		}
+	}
+}
+
+// newLeaseEpoch starts a lease epoch: the units of orders taken before it
+// are the ledger's to account for. Call with it.mu held.
+func (it *saleItem) newLeaseEpoch() {
+	e := it.leaseEpoch.Add(1)
+	it.acked.Store((uint64(e) & (1<<(64-ackedBits) - 1)) << ackedBits)
+}
+
+// openUnits is an upper bound of the leased units whose fate is open: in
+// the stripes, in orders waiting for Kafka or of unknown outcome. It is the
+// units leased in and not given back, less those of acknowledged orders:
+// acked is read first and only grows, and stock only changes on the lease
+// manager's goroutine, which calls this.
+func (it *saleItem) openUnits() int64 {
+	acked := int64(it.acked.Load() & (1<<ackedBits - 1))
+	return max(0, it.stock.Load()-acked)
+}

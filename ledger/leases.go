@@ -32,6 +32,17 @@ import (
 //
 // Every change to a SKU's leases locks its sale_items row, so grants, returns
 // and reclaims of one SKU are serialised and never hand out a unit twice.
+//
+// Sold out is another question: the pool is empty and no lease holds a unit
+// that may still be sold or come back (an order Kafka has not acknowledged
+// may fail). Outstanding units include orders acknowledged but not yet in
+// the ledger, which are sold; waiting for ingest to write them would make
+// every client of a sold-out SKU wait as long as ingest lags. So each edge
+// reports, with every grant, return and renewal, an upper bound of its
+// lease's unsettled units (leased in, less the units of its orders the
+// broker acknowledged; see edge/leases.go). A lease's units still open are
+// least(outstanding, unsettled). A report can only be too high later: an
+// edge gains units only by a grant, which adds them to its report.
 
 // ErrLeaseLost is returned when a lease expired before it was renewed or
 // returned: its units are (or will be) reclaimed by the ledger, and the edge
@@ -43,11 +54,13 @@ type Grant struct {
 	Units int64 // units granted now (0 when the pool is empty)
 	Pool  int64 // units left in the pool after the grant
 	// Held is what all leases hold after the grant, this node's included:
-	// units the edges may still sell, and orders not in the ledger yet
-	// (which may still fail and give their units back). With the pool
-	// empty, the SKU is sold out only when this is 0 too: every unit is in
-	// an order the ledger holds.
-	Held      int64
+	// units the edges may still sell, and orders not in the ledger yet.
+	Held int64
+	// Open is the part of Held whose fate is open: units the edges may
+	// still sell and orders Kafka has not acknowledged (they may fail and
+	// give their units back), as the edges last reported. With the pool
+	// empty, the SKU is sold out only when this is 0 too.
+	Open      int64
 	ExpiresAt time.Time // the lease's expiry, by the ledger's clock
 }
 
@@ -56,8 +69,9 @@ type Grant struct {
 // the pool divided among the nodes holding live leases, so that no edge sits
 // on units another could sell. op numbers the request (increasing per node):
 // asked again with the same op after an error, it answers what it granted
-// then, if it had committed.
-func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want int64, ttl time.Duration, op int64) (Grant, error) {
+// then, if it had committed. unsettled is the node's report of its lease's
+// units still open before the grant (see the top of this file).
+func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want int64, ttl time.Duration, op, unsettled int64) (Grant, error) {
 	var g Grant
 	err := pgx.BeginTxFunc(ctx, db, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		st, err := lockPool(ctx, tx, sku)
@@ -68,7 +82,7 @@ func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want i
 		switch {
 		case ok && l.lastOp == op:
 			g.Units, g.Pool, g.ExpiresAt = l.lastUnits, st.pool, l.expiresAt // answered already
-			g.Held = st.held()
+			g.Held, g.Open = st.held(), st.open()
 			return nil
 		case ok && !l.live && l.outstanding > 0:
 			// Expired with units out: they come back when the ledger
@@ -84,6 +98,9 @@ func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want i
 		g.Units = max(0, min(want, share))
 		g.Pool = st.pool - g.Units
 		g.Held = st.held() + g.Units
+		l.unsettled = &unsettled
+		st.leases[node] = l
+		g.Open = st.open() + g.Units
 		// The pool itself is short of what was asked: the other edges give
 		// back what they do not need (RenewLeases tells them).
 		starved := st.pool < want
@@ -91,12 +108,12 @@ func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want i
 			WHERE sku = $1 AND ($2 OR starved_at IS NOT NULL)`, sku, starved, node); err != nil {
 			return err
 		}
-		return tx.QueryRow(ctx, `INSERT INTO stock_leases (sku, sale_started_at, node_id, granted, sold_base, last_op, last_units, expires_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $4, now() + $7::interval)
+		return tx.QueryRow(ctx, `INSERT INTO stock_leases (sku, sale_started_at, node_id, granted, sold_base, last_op, last_units, expires_at, unsettled)
+			VALUES ($1, $2, $3, $4, $5, $6, $4, now() + $7::interval, $8)
 			ON CONFLICT (sku, sale_started_at, node_id) DO UPDATE
 			SET granted = stock_leases.granted + EXCLUDED.granted, expires_at = EXCLUDED.expires_at,
-				last_op = EXCLUDED.last_op, last_units = EXCLUDED.last_units, updated_at = now()
-			RETURNING expires_at`, sku, st.startedAt, node, g.Units, st.sold[node], op, ttl.String()).Scan(&g.ExpiresAt)
+				last_op = EXCLUDED.last_op, last_units = EXCLUDED.last_units, unsettled = EXCLUDED.unsettled, updated_at = now()
+			RETURNING expires_at`, sku, st.startedAt, node, g.Units, st.sold[node], op, ttl.String(), max(0, unsettled)+g.Units).Scan(&g.ExpiresAt)
 	})
 	if errors.Is(err, ErrLeaseLost) {
 		return Grant{}, err
@@ -110,7 +127,9 @@ func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want i
 // with ErrLeaseLost when the lease has expired (the ledger reclaims its
 // units itself; returning them too would count them twice). op numbers the
 // request as for LeaseStock: a retry of a return that committed is a no-op.
-func ReturnStock(ctx context.Context, db TxBeginner, sku string, node int, units, op int64) error {
+// unsettled is the node's report of its lease's open units, the returned
+// ones included.
+func ReturnStock(ctx context.Context, db TxBeginner, sku string, node int, units, op, unsettled int64) error {
 	if units <= 0 {
 		return nil
 	}
@@ -128,8 +147,8 @@ func ReturnStock(ctx context.Context, db TxBeginner, sku string, node int, units
 		case units > l.outstanding:
 			return fmt.Errorf("returning %d units of %s, but node %d's lease holds %d", units, sku, node, l.outstanding)
 		}
-		_, err = tx.Exec(ctx, `UPDATE stock_leases SET returned = returned + $4, last_op = $5, last_units = $4, updated_at = now()
-			WHERE sku = $1 AND sale_started_at = $2 AND node_id = $3`, sku, st.startedAt, node, units, op)
+		_, err = tx.Exec(ctx, `UPDATE stock_leases SET returned = returned + $4, last_op = $5, last_units = $4, unsettled = $6, updated_at = now()
+			WHERE sku = $1 AND sale_started_at = $2 AND node_id = $3`, sku, st.startedAt, node, units, op, max(0, unsettled-units))
 		return err
 	})
 }
@@ -140,18 +159,29 @@ type Renewal struct {
 	Starving []string // SKUs renewed whose pool another edge found short lately: give back what is not needed
 }
 
-// RenewLeases extends node's live leases by ttl.
-func RenewLeases(ctx context.Context, q Querier, node int, ttl time.Duration) (Renewal, error) {
+// Unsettled is an edge's report of one lease's open units (see the top).
+type Unsettled struct {
+	SKU   string
+	Units int64
+}
+
+// RenewLeases extends node's live leases by ttl, and records the node's
+// reports of their open units (leases not in reports keep theirs).
+func RenewLeases(ctx context.Context, q Querier, node int, ttl time.Duration, reports []Unsettled) (Renewal, error) {
 	var r Renewal
+	skus, units := make([]string, len(reports)), make([]int64, len(reports))
+	for i, u := range reports {
+		skus[i], units[i] = u.SKU, max(0, u.Units)
+	}
 	rows, err := q.Query(ctx, `WITH renewed AS (
-			UPDATE stock_leases l SET expires_at = now() + $2::interval
-			FROM sale_items s
+			UPDATE stock_leases l SET expires_at = now() + $2::interval, unsettled = COALESCE(u.units, l.unsettled)
+			FROM sale_items s LEFT JOIN unnest($3::text[], $4::bigint[]) AS u(sku, units) ON u.sku = s.sku
 			WHERE l.node_id = $1 AND l.sku = s.sku AND l.sale_started_at = s.sale_started_at AND l.expires_at > now()
 			RETURNING l.sku, s.starved_at, s.starved_by)
 		SELECT l.sku, r.sku IS NOT NULL, COALESCE(r.starved_at > now() - interval '5 seconds' AND r.starved_by <> $1, false)
 		FROM stock_leases l JOIN sale_items s ON l.sku = s.sku AND l.sale_started_at = s.sale_started_at
 		LEFT JOIN renewed r ON r.sku = l.sku
-		WHERE l.node_id = $1`, node, ttl.String())
+		WHERE l.node_id = $1`, node, ttl.String(), skus, units)
 	if err != nil {
 		return r, fmt.Errorf("renewing the stock leases of node %d: %w", node, err)
 	}
@@ -202,18 +232,9 @@ type Reclaimed struct {
 // lands within its delivery timeout (the grace to use); the units of orders
 // still in Kafka would otherwise be counted free.
 func ReclaimExpiredLeases(ctx context.Context, db TxBeginner, grace time.Duration) ([]Reclaimed, error) {
-	var skus []string
-	err := pgx.BeginTxFunc(ctx, db, snapshotTx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT DISTINCT l.sku FROM stock_leases l JOIN sale_items s
-			ON l.sku = s.sku AND l.sale_started_at = s.sale_started_at WHERE l.expires_at < now() - $1::interval`, grace.String())
-		if err != nil {
-			return err
-		}
-		skus, err = pgx.CollectRows(rows, pgx.RowTo[string])
-		return err
-	})
+	skus, err := ExpiredLeaseSKUs(ctx, db, grace)
 	if err != nil {
-		return nil, fmt.Errorf("finding expired stock leases: %w", err)
+		return nil, err
 	}
 	var out []Reclaimed
 	for _, sku := range skus {
@@ -241,6 +262,30 @@ func ReclaimExpiredLeases(ctx context.Context, db TxBeginner, grace time.Duratio
 	return out, nil
 }
 
+// ExpiredLeaseSKUs lists the SKUs of the current sales with a lease expired
+// for longer than grace that may still hold units and was not reclaimed
+// since (a reclaim updates it after its expiry; ExpireLeases sets both to
+// now()): what ReclaimExpiredLeases would reclaim. One cheap query: a
+// caller checks it before it waits for ingest to catch up.
+func ExpiredLeaseSKUs(ctx context.Context, db TxBeginner, grace time.Duration) ([]string, error) {
+	var skus []string
+	err := pgx.BeginTxFunc(ctx, db, snapshotTx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT DISTINCT l.sku FROM stock_leases l JOIN sale_items s
+			ON l.sku = s.sku AND l.sale_started_at = s.sale_started_at
+			WHERE l.expires_at < now() - $1::interval AND l.granted > l.returned
+				AND l.updated_at <= l.expires_at -- not reclaimed since it expired`, grace.String())
+		if err != nil {
+			return err
+		}
+		skus, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("finding expired stock leases: %w", err)
+	}
+	return skus, nil
+}
+
 // LeasePool is a SKU's pool and leases, for status pages and tests.
 type LeasePool struct {
 	Stock, Taken, Pool int64
@@ -266,8 +311,9 @@ func StockPool(ctx context.Context, db TxBeginner, sku string) (LeasePool, error
 
 type leaseState struct {
 	outstanding int64
-	live        bool // not expired
-	expiredFor  bool // expired for longer than the grace asked (lockPoolGrace)
+	unsettled   *int64 // the node's last report of its open units; nil: none
+	live        bool   // not expired
+	expiredFor  bool   // expired for longer than the grace asked (lockPoolGrace)
 	expiresAt   time.Time
 	lastOp      int64
 	lastUnits   int64
@@ -288,6 +334,22 @@ func (st *poolState) held() int64 {
 		n += l.outstanding
 	}
 	return n
+}
+
+// open is the units of all leases whose fate is open (see the top).
+func (st *poolState) open() int64 {
+	var n int64
+	for _, l := range st.leases {
+		n += l.open()
+	}
+	return n
+}
+
+func (l leaseState) open() int64 {
+	if l.unsettled != nil {
+		return max(0, min(l.outstanding, *l.unsettled))
+	}
+	return l.outstanding
 }
 
 // lockPool locks sku's sale_items row and computes its pool and leases.
@@ -325,7 +387,7 @@ func lockPoolGrace(ctx context.Context, tx pgx.Tx, sku string, grace time.Durati
 		return st, err
 	}
 	rows, err = tx.Query(ctx, `SELECT node_id, granted - returned + sold_base, expires_at, expires_at > now(),
-			expires_at < now() - $3::interval, last_op, last_units
+			expires_at < now() - $3::interval, last_op, last_units, unsettled
 		FROM stock_leases WHERE sku = $1 AND sale_started_at = $2`, sku, st.startedAt, grace.String())
 	if err != nil {
 		return st, err
@@ -335,7 +397,7 @@ func lockPoolGrace(ctx context.Context, tx pgx.Tx, sku string, grace time.Durati
 		var node int
 		var l leaseState
 		var net int64
-		if err := rows.Scan(&node, &net, &l.expiresAt, &l.live, &l.expiredFor, &l.lastOp, &l.lastUnits); err != nil {
+		if err := rows.Scan(&node, &net, &l.expiresAt, &l.live, &l.expiredFor, &l.lastOp, &l.lastUnits, &l.unsettled); err != nil {
 			rows.Close()
 			return st, err
 		}

@@ -38,7 +38,7 @@ func TestLeasesNeverGrantAUnitTwice(t *testing.T) {
 			op := int64(0)
 			for {
 				op++
-				g, err := ledger.LeaseStock(ctx, pool, "LEASE-1", node, 1+r.Int64N(40), time.Minute, op)
+				g, err := ledger.LeaseStock(ctx, pool, "LEASE-1", node, 1+r.Int64N(40), time.Minute, op, 0)
 				if err != nil {
 					t.Error(err)
 					return
@@ -89,13 +89,13 @@ func TestLeasesNeverGrantAUnitTwice(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkPool(t, pool, "LEASE-1", stock, 1)
-	if err := ledger.ReturnStock(ctx, pool, "LEASE-1", seller, 2, 1001); err != nil {
+	if err := ledger.ReturnStock(ctx, pool, "LEASE-1", seller, 2, 1001, 0); err != nil {
 		t.Fatal(err)
 	}
 	checkPool(t, pool, "LEASE-1", stock, 3)
 
 	// Three live leases share a pool of 3: one unit each at most.
-	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-1", (seller+1)%8, 100, time.Minute, 1002); err != nil || g.Units != 1 {
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-1", (seller+1)%8, 100, time.Minute, 1002, 0); err != nil || g.Units != 1 {
 		t.Fatalf("grant from a pool of 3 among 8 live leases: %+v, %v; want its share, 1", g, err)
 	}
 }
@@ -108,15 +108,15 @@ func TestExpiredLeaseIsReclaimed(t *testing.T) {
 	if _, err := ledger.PutSaleItem(ctx, pool, ledger.SaleItem{SKU: "LEASE-2", Stock: 50, PriceCents: 100}); err != nil {
 		t.Fatal(err)
 	}
-	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 5, 20, time.Second, 1); err != nil || g.Units != 20 {
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 5, 20, time.Second, 1, 0); err != nil || g.Units != 20 {
 		t.Fatalf("first grant: %+v, %v", g, err)
 	}
-	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 6, 10, time.Hour, 1); err != nil || g.Units != 10 {
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 6, 10, time.Hour, 1, 0); err != nil || g.Units != 10 {
 		t.Fatalf("second node's grant: %+v, %v", g, err)
 	}
 	deadline := time.Now().Add(time.Minute)
 	for {
-		r, err := ledger.RenewLeases(ctx, pool, 5, time.Second)
+		r, err := ledger.RenewLeases(ctx, pool, 5, time.Second, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -128,10 +128,10 @@ func TestExpiredLeaseIsReclaimed(t *testing.T) {
 		}
 		time.Sleep(1100 * time.Millisecond) // longer than the TTL: the next renewal is late
 	}
-	if err := ledger.ReturnStock(ctx, pool, "LEASE-2", 5, 1, 2); !errors.Is(err, ledger.ErrLeaseLost) {
+	if err := ledger.ReturnStock(ctx, pool, "LEASE-2", 5, 1, 2, 0); !errors.Is(err, ledger.ErrLeaseLost) {
 		t.Fatalf("return on an expired lease: %v, want ErrLeaseLost", err)
 	}
-	if _, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 5, 1, time.Minute, 3); !errors.Is(err, ledger.ErrLeaseLost) {
+	if _, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 5, 1, time.Minute, 3, 0); !errors.Is(err, ledger.ErrLeaseLost) {
 		t.Fatalf("grant to a node whose expired lease holds units: %v, want ErrLeaseLost until reclaimed", err)
 	}
 	got, err := ledger.ReclaimExpiredLeases(ctx, pool, 0)
@@ -139,7 +139,7 @@ func TestExpiredLeaseIsReclaimed(t *testing.T) {
 		t.Fatalf("reclaimed %+v, %v; want node 5's 20 units (node 6's lease is live)", got, err)
 	}
 	checkPool(t, pool, "LEASE-2", 50, 40)
-	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 5, 3, time.Minute, 4); err != nil || g.Units != 3 {
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-2", 5, 3, time.Minute, 4, 0); err != nil || g.Units != 3 {
 		t.Fatalf("grant after the reclaim: %+v, %v", g, err)
 	}
 }
@@ -183,13 +183,13 @@ func TestLeaseOpsApplyOnceAndSoldBase(t *testing.T) {
 	}
 	checkPool(t, pool, "LEASE-3", 100, 40)
 	for range 2 { // the second is a retry: the same answer, nothing more granted
-		if g, err := ledger.LeaseStock(ctx, pool, "LEASE-3", 9, 20, time.Minute, 7); err != nil || g.Units != 20 {
+		if g, err := ledger.LeaseStock(ctx, pool, "LEASE-3", 9, 20, time.Minute, 7, 0); err != nil || g.Units != 20 {
 			t.Fatalf("grant: %+v, %v", g, err)
 		}
 	}
 	checkPool(t, pool, "LEASE-3", 100, 20)
 	for range 2 {
-		if err := ledger.ReturnStock(ctx, pool, "LEASE-3", 9, 5, 8); err != nil {
+		if err := ledger.ReturnStock(ctx, pool, "LEASE-3", 9, 5, 8, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -197,7 +197,7 @@ func TestLeaseOpsApplyOnceAndSoldBase(t *testing.T) {
 	if err := ledger.ExpireLeases(ctx, pool, 9); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ledger.LeaseStock(ctx, pool, "LEASE-3", 9, 1, time.Minute, 9); !errors.Is(err, ledger.ErrLeaseLost) {
+	if _, err := ledger.LeaseStock(ctx, pool, "LEASE-3", 9, 1, time.Minute, 9, 0); !errors.Is(err, ledger.ErrLeaseLost) {
 		t.Fatalf("grant after the node ended its leases: %v, want ErrLeaseLost until reclaimed", err)
 	}
 	if got, err := ledger.ReclaimExpiredLeases(ctx, pool, time.Hour); err != nil || len(got) != 0 {
@@ -207,4 +207,57 @@ func TestLeaseOpsApplyOnceAndSoldBase(t *testing.T) {
 		t.Fatalf("reclaim: %+v, %v; want node 9's 15 units", got, err)
 	}
 	checkPool(t, pool, "LEASE-3", 100, 40)
+}
+
+// With the pool empty, a SKU is sold out once no lease holds a unit that
+// may still be sold or come back: the edges' reports of their unsettled
+// units decide, so orders Kafka acknowledged need not wait for ingest (there
+// is none here: no order is in the ledger). A report never counts more than
+// a lease's outstanding units, and a grant adds to it.
+func TestSoldOutByTheEdgesReports(t *testing.T) {
+	pool, _ := testenv.Ledger(t)
+	ctx := context.Background()
+	for _, sku := range []string{"LEASE-4", "LEASE-5"} {
+		if _, err := ledger.PutSaleItem(ctx, pool, ledger.SaleItem{SKU: sku, Stock: 30, PriceCents: 100}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := func(what string, g ledger.Grant, err error, units, pool, held, open int64) {
+		t.Helper()
+		if err != nil || g.Units != units || g.Pool != pool || g.Held != held || g.Open != open {
+			t.Fatalf("%s: %+v, %v; want %d units, pool %d, held %d, open %d", what, g, err, units, pool, held, open)
+		}
+	}
+	renew := func(node int, sku string, open int64) {
+		t.Helper()
+		if _, err := ledger.RenewLeases(ctx, pool, node, time.Minute, []ledger.Unsettled{{SKU: sku, Units: open}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// LEASE-4: node 1 leases all 30 and sells them; Kafka acknowledges them all.
+	g, err := ledger.LeaseStock(ctx, pool, "LEASE-4", 1, 30, time.Minute, 1, 0)
+	want("node 1's grant", g, err, 30, 0, 30, 30)
+	g, err = ledger.LeaseStock(ctx, pool, "LEASE-4", 2, 5, time.Minute, 1, 0)
+	want("node 2 asks while node 1's units are open", g, err, 0, 0, 30, 30)
+	renew(1, "LEASE-4", 0)
+	g, err = ledger.LeaseStock(ctx, pool, "LEASE-4", 2, 5, time.Minute, 2, 0)
+	want("node 2 asks once node 1 reported its orders acknowledged", g, err, 0, 0, 30, 0)
+
+	// LEASE-5: node 1 leases 30 and sells 20 (acknowledged).
+	g, err = ledger.LeaseStock(ctx, pool, "LEASE-5", 1, 30, time.Minute, 3, 0)
+	want("node 1's grant", g, err, 30, 0, 30, 30)
+	renew(1, "LEASE-5", 10)
+	g, err = ledger.LeaseStock(ctx, pool, "LEASE-5", 2, 5, time.Minute, 3, 0)
+	want("node 2 asks", g, err, 0, 0, 30, 10)
+	// Node 1 returns 6 of its 10 (its report counts them).
+	if err := ledger.ReturnStock(ctx, pool, "LEASE-5", 1, 6, 4, 10); err != nil {
+		t.Fatal(err)
+	}
+	// Node 2 gets half the pool (two leases live) and reports 0 before it.
+	g, err = ledger.LeaseStock(ctx, pool, "LEASE-5", 2, 5, time.Minute, 4, 0)
+	want("node 2 asks after the return", g, err, 3, 3, 27, 4+3)
+	// A report above a lease's outstanding units counts no more than them.
+	renew(1, "LEASE-5", 1000)
+	g, err = ledger.LeaseStock(ctx, pool, "LEASE-5", 2, 5, time.Minute, 5, 3)
+	want("node 2 asks with node 1 reporting more than it holds", g, err, 2, 1, 29, 24+3+2)
 }

@@ -28,10 +28,12 @@ import (
 //     (parked.go, -edge.leaseWait), then 503 + Retry-After, unless the last
 //     grant found the pool empty and no lease holding a unit: sold out means
 //     every unit is in an order the ledger holds.
-//   - Leases are renewed every second (at most TTL/3); the renewal also says
-//     which SKUs another edge found the pool short of lately, and for two
-//     seconds this edge keeps only what it sells in half a horizon (none
-//     if it sells none) and gives the rest back.
+//   - Leases are renewed every TTL/3. Every 250 ms the edge reads which
+//     SKUs another edge found the pool short of lately, and for two seconds
+//     it keeps only what it sells in half a horizon (none if it sells none)
+//     and gives the rest back.
+//   - Once a grant found the pool short, the edge asks again only for
+//     orders waiting (parked.go) or after a stock release.
 //   - The event loops sell leased units only until TTL/4 before the ledger's
 //     expiry of the last renewal (by this edge's clock, counted from before
 //     the renewal was sent). An edge that cannot renew in time gives its
@@ -60,6 +62,7 @@ type leaser struct {
 	lastRenew  time.Time
 	lastClaim  time.Time
 	lastTerms  time.Time
+	lastStarve time.Time
 	reclaiming atomic.Bool    // a reclaim runs (reclaim)
 	wg         sync.WaitGroup // its goroutine: run waits for it
 }
@@ -72,6 +75,8 @@ type leaseStats struct {
 	waitUntil    time.Time
 	othersStarve time.Time // until then another edge finds the pool short
 	pending      *leaseOp  // a grant or return whose answer was lost
+	exhausted    bool      // the last grant found the pool short: ask again only for waiting orders
+	reported     int64     // the open units the ledger last heard of (ledger.Unsettled)
 }
 
 // leaseOp is a grant or return to ask again with the same number.
@@ -111,8 +116,11 @@ func (l *leaser) wake() {
 
 const (
 	leaseTick         = 100 * time.Millisecond
-	leaseRenewEvery   = time.Second
 	leaseReclaimEvery = 2 * time.Second
+	// Between renewals, how often the edge asks which SKUs another edge
+	// lacks units of (one read): the units it holds of them serve the
+	// other's waiting orders sooner.
+	leaseStarveEvery = 250 * time.Millisecond
 )
 
 func (l *leaser) run(ctx context.Context) {
@@ -154,8 +162,10 @@ func (l *leaser) step(ctx context.Context) {
 		}
 		l.needExpire = false
 	}
-	if now.Sub(l.lastRenew) >= min(cfg.LeaseTTL/3, leaseRenewEvery) {
+	if now.Sub(l.lastRenew) >= cfg.LeaseTTL/3 {
 		l.renew(ctx, now)
+	} else if now.Sub(l.lastStarve) >= leaseStarveEvery {
+		l.checkStarving(ctx, now)
 	}
 	if now.Sub(l.lastTerms) >= time.Second {
 		l.lastTerms = now
@@ -166,25 +176,59 @@ func (l *leaser) step(ctx context.Context) {
 		l.reclaim(ctx)
 	}
 	l.topUpAll(ctx)
+	l.reportSettled(ctx)
 }
 
-// leaseWorkers is how many SKUs are topped up at once: each grant or return
-// is a transaction of a few round trips, and a sale of a thousand SKUs
-// starting at once must not wait for them one by one.
-const leaseWorkers = 8
+// reportSettled tells the ledger of the SKUs whose open units this edge last
+// reported and that have none now (every unit sold and acknowledged): another
+// edge waiting to answer sold out need not wait for the next renewal.
+func (l *leaser) reportSettled(ctx context.Context) {
+	var r []ledger.Unsettled
+	for _, it := range l.s.items.all() {
+		if it.lease.reported > 0 && it.lease.pending == nil && it.openUnits() == 0 {
+			r = append(r, ledger.Unsettled{SKU: it.sku})
+		}
+	}
+	if len(r) == 0 {
+		return
+	}
+	if err := l.call(ctx, func(ctx context.Context) error { return ledger.ReportUnsettled(ctx, l.s.pool, l.s.cfg.NodeID, r) }); err != nil {
+		slog.Warn("edge: reporting settled stock leases", "err", err)
+		return
+	}
+	for _, u := range r {
+		l.s.items.lookup([]byte(u.SKU)).lease.reported = 0
+	}
+}
+
+// leaseWorkers is how many SKUs give units back at once: each return is a
+// transaction of a few round trips, and a sale of a thousand SKUs ending at
+// once must not wait for them one by one. Grants go in batches of up to
+// leaseBatch SKUs, one transaction each (ledger.LeaseStocks).
+const (
+	leaseWorkers = 8
+	leaseBatch   = 256
+)
 
 // topUpAll runs topUp for every item, leaseWorkers at a time (each item's
-// lease state is touched by one of them only), and returns when all are done.
+// lease state is touched by one of them only), then asks for the grants
+// they decided in batches, and returns when all are done.
 func (l *leaser) topUpAll(ctx context.Context) {
 	items := l.s.items.all()
 	work := make(chan *saleItem)
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var asks []*saleItem // each with its grant in lease.pending
 	for range min(leaseWorkers, len(items)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for it := range work {
-				l.topUp(ctx, it, time.Now())
+				if l.topUp(ctx, it, time.Now()) {
+					mu.Lock()
+					asks = append(asks, it)
+					mu.Unlock()
+				}
 			}
 		}()
 	}
@@ -193,6 +237,11 @@ func (l *leaser) topUpAll(ctx context.Context) {
 	}
 	close(work)
 	wg.Wait()
+	for len(asks) > 0 {
+		n := min(len(asks), leaseBatch)
+		l.grant(ctx, asks[:n])
+		asks = asks[n:]
+	}
 }
 
 // call runs a ledger call under a deadline of TTL/4.
@@ -224,13 +273,17 @@ func (l *leaser) refreshTerms(ctx context.Context) {
 func (l *leaser) renew(ctx context.Context, sent time.Time) {
 	cfg := &l.s.cfg
 	var r ledger.Renewal
+	reports := l.reports()
 	err := l.call(ctx, func(ctx context.Context) (err error) {
-		r, err = ledger.RenewLeases(ctx, l.s.pool, cfg.NodeID, cfg.LeaseTTL, l.reports())
+		r, err = ledger.RenewLeases(ctx, l.s.pool, cfg.NodeID, cfg.LeaseTTL, reports)
 		return err
 	})
 	if err != nil {
 		slog.Warn("edge: renewing the stock leases failed; retrying", "err", err)
 		return
+	}
+	for _, u := range reports {
+		l.s.items.lookup([]byte(u.SKU)).lease.reported = u.Units
 	}
 	l.lastRenew = sent
 	for _, sku := range r.Lost {
@@ -239,9 +292,30 @@ func (l *leaser) renew(ctx context.Context, sent time.Time) {
 		}
 	}
 	l.validUntil.Store(sent.Add(cfg.LeaseTTL - cfg.LeaseTTL/4).UnixNano())
-	for _, sku := range r.Starving {
+	l.starving(r.Starving, sent)
+}
+
+// checkStarving learns which SKUs other edges lack units of, between renewals.
+func (l *leaser) checkStarving(ctx context.Context, now time.Time) {
+	l.lastStarve = now
+	var skus []string
+	err := l.call(ctx, func(ctx context.Context) (err error) {
+		skus, err = ledger.StarvingSKUs(ctx, l.s.pool, l.s.cfg.NodeID)
+		return err
+	})
+	if err != nil {
+		slog.Warn("edge: reading which SKUs other edges lack", "err", err)
+		return
+	}
+	l.starving(skus, now)
+}
+
+// starving marks skus as lacked by another edge: for two seconds topUp gives
+// back what this edge does not need now.
+func (l *leaser) starving(skus []string, now time.Time) {
+	for _, sku := range skus {
 		if it := l.s.items.lookup([]byte(sku)); it != nil {
-			it.lease.othersStarve = sent.Add(2 * time.Second) // topUp gives back what this edge does not need now
+			it.lease.othersStarve = now.Add(2 * time.Second)
 		}
 	}
 }
@@ -307,8 +381,9 @@ func (it *saleItem) drainAll() int64 {
 	}
 }
 
-// topUp leases more units of it when it runs low, or gives back the excess.
-func (l *leaser) topUp(ctx context.Context, it *saleItem, now time.Time) {
+// topUp decides whether it needs more units (then it reports true, with the
+// grant to ask for in it.lease.pending) or gives back the excess.
+func (l *leaser) topUp(ctx context.Context, it *saleItem, now time.Time) (ask bool) {
 	cfg := &l.s.cfg
 	st := &it.lease
 	if !st.lastAt.IsZero() {
@@ -320,11 +395,10 @@ func (l *leaser) topUp(ctx context.Context, it *saleItem, now time.Time) {
 	st.lastAccepted, st.lastAt = it.accepted.Load(), now
 	if p := st.pending; p != nil {
 		if p.grant {
-			l.grant(ctx, it, p, now)
-		} else {
-			l.giveBack(ctx, it, 0, p)
+			return true // asked before, its answer lost: again, with the same number
 		}
-		return
+		l.giveBack(ctx, it, 0, p)
+		return false
 	}
 	rem := it.remaining()
 	if l.s.draining.Load() { // leaving: what this edge holds is for the others
@@ -345,40 +419,63 @@ func (l *leaser) topUp(ctx context.Context, it *saleItem, now time.Time) {
 		return
 	}
 	switch {
-	case rem < need/2+1 && now.After(st.waitUntil):
-		l.grant(ctx, it, &leaseOp{op: l.op.Add(1), grant: true, units: need - rem}, now)
+	// Once the pool ran short, asking again without orders waiting would
+	// only poll: a thousand sold-out SKUs asked for every few hundred
+	// milliseconds kept the ledger busy. A stock release (a cancelled
+	// or expired order) may refill the pool: then it asks once.
+	case rem < need/2+1 && now.After(st.waitUntil) && (!st.exhausted || it.parked.head.Load() != nil || it.refilled.Swap(false)):
+		st.pending = &leaseOp{op: l.op.Add(1), grant: true, units: need - rem}
+		return true
 	case rem > 2*need && it.poolEmpty.Load():
 		l.giveBack(ctx, it, rem-need, nil)
 	}
+	return false
 }
 
-// grant asks the ledger for p.units more units of it (again, if p was asked
-// before and its answer was lost).
-func (l *leaser) grant(ctx context.Context, it *saleItem, p *leaseOp, now time.Time) {
+// grant asks the ledger, in one transaction, for the grants pending on
+// items, and applies the answers. A grant whose answer is lost stays
+// pending: it is asked again with the same number (it may have committed).
+func (l *leaser) grant(ctx context.Context, items []*saleItem) {
 	cfg := &l.s.cfg
-	var g ledger.Grant
+	reqs := make([]ledger.LeaseRequest, len(items))
+	for i, it := range items {
+		p := it.lease.pending
+		reqs[i] = ledger.LeaseRequest{SKU: it.sku, Want: p.units, Op: p.op, Unsettled: it.openUnits()}
+		it.lease.reported = max(it.lease.reported, reqs[i].Unsettled+p.units) // what the ledger may have heard
+	}
+	var gs []ledger.Grant
 	err := l.call(ctx, func(ctx context.Context) (err error) {
-		g, err = ledger.LeaseStock(ctx, l.s.pool, it.sku, cfg.NodeID, p.units, cfg.LeaseTTL, p.op, it.openUnits())
+		gs, err = ledger.LeaseStocks(ctx, l.s.pool, cfg.NodeID, cfg.LeaseTTL, reqs)
 		return err
 	})
-	switch {
-	case errors.Is(err, ledger.ErrLeaseLost):
+	if err != nil {
+		slog.Warn("edge: leasing stock failed; asking again", "skus", len(items), "err", err)
+		return
+	}
+	leaseBatchesTotal.Inc()
+	now := time.Now()
+	for i, it := range items {
+		l.granted(it, gs[i], now)
+	}
+}
+
+// granted applies the ledger's answer g to the grant pending on it.
+func (l *leaser) granted(it *saleItem, g ledger.Grant, now time.Time) {
+	cfg := &l.s.cfg
+	p := it.lease.pending
+	it.lease.pending = nil
+	if g.Lost {
 		it.lease.waitUntil = now.Add(time.Second) // until the ledger reclaims it
 		l.drop(it, "the lease expired before it was renewed")
 		return
-	case err != nil:
-		// It may have committed: ask again with the same number.
-		it.lease.pending = p
-		slog.Warn("edge: leasing stock failed; asking again", "sku", it.sku, "err", err)
-		return
 	}
-	it.lease.pending = nil
 	short := g.Units < p.units && g.Pool <= 0
-	// Sold out only when no lease holds a unit either: not another edge
-	// (it is told to give back, by the renewal's starving list), nor an
-	// order of this one still waiting for Kafka or the ledger (it may fail
-	// and give its unit back). Until then this edge asks again soon and
-	// answers 503 + Retry-After meanwhile.
+	it.lease.exhausted = short
+	// Sold out only when no unit is open anywhere: no edge may still sell
+	// one (another edge is told to give back what it does not need, by the
+	// renewal's starving list), and no order Kafka has not acknowledged may
+	// fail and give one back. Until then this edge asks again soon, and
+	// its orders wait (parked.go).
 	it.poolEmpty.Store(short && g.Open == 0)
 	switch {
 	case it.poolEmpty.Load():
@@ -386,20 +483,16 @@ func (l *leaser) grant(ctx context.Context, it *saleItem, p *leaseOp, now time.T
 	case short:
 		it.lease.waitUntil = now.Add(200 * time.Millisecond)
 	}
-	if g.Units == 0 {
-		if it.poolEmpty.Load() && it.parked.head.Load() != nil {
-			l.serveParked(it, time.Now()) // sold out: they are told now
-		}
-		return
+	if g.Units > 0 {
+		it.mu.Lock()
+		it.spread(g.Units)
+		it.stock.Add(g.Units)
+		it.mu.Unlock()
+		leaseGrantsTotal.Inc()
+		leaseUnitsTotal.Add(int(g.Units))
 	}
-	it.mu.Lock()
-	it.spread(g.Units)
-	it.stock.Add(g.Units)
-	it.mu.Unlock()
-	leaseGrantsTotal.Inc()
-	leaseUnitsTotal.Add(int(g.Units))
-	if it.parked.head.Load() != nil {
-		l.serveParked(it, time.Now())
+	if it.parked.head.Load() != nil && (g.Units > 0 || it.poolEmpty.Load()) {
+		l.serveParked(it, time.Now()) // units for them, or sold out
 	}
 }
 

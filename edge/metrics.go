@@ -21,9 +21,10 @@ var (
 	producerAbortsTotal     = metrics.NewCounter(`flashgate_edge_producer_aborts_total`)
 	leaseWaitTotal          = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="lease-wait"}`)
 	leaseGrantsTotal        = metrics.NewCounter(`flashgate_edge_lease_grants_total`)
-	ordersParkedTotal       = metrics.NewCounter(`flashgate_edge_orders_parked_total`)    // waited for a lease grant (then accepted or refused)
-	parkedWait              = metrics.NewHistogram(`flashgate_edge_order_parked_seconds`) // how long parked orders waited for units or an answer
-	leaseStep               = metrics.NewHistogram(`flashgate_edge_lease_step_seconds`)   // one round of the lease manager: renewals, grants, returns
+	leaseBatchesTotal       = metrics.NewCounter(`flashgate_edge_lease_grant_batches_total`) // transactions asking for grants (up to 256 SKUs each)
+	ordersParkedTotal       = metrics.NewCounter(`flashgate_edge_orders_parked_total`)       // waited for a lease grant (then accepted or refused)
+	parkedWait              = metrics.NewHistogram(`flashgate_edge_order_parked_seconds`)    // how long parked orders waited for units or an answer
+	leaseStep               = metrics.NewHistogram(`flashgate_edge_lease_step_seconds`)      // one round of the lease manager: renewals, grants, returns
 	leaseUnitsTotal         = metrics.NewCounter(`flashgate_edge_lease_units_total{way="granted"}`)
 	leaseReturnedTotal      = metrics.NewCounter(`flashgate_edge_lease_units_total{way="returned"}`)
 	leaseLostTotal          = metrics.NewCounter(`flashgate_edge_lease_units_total{way="lost"}`)

@@ -72,8 +72,11 @@ func (s *Server) applyRelease(value []byte) bool {
 			break
 		}
 	}
-	if s.leases == nil { // with leases the units went back to the ledger's pool
+	if s.leases == nil {
 		it.giveBack(int(ev.ReleaseSeq%int64(len(it.stripes))), ev.Qty)
+	} else { // the units went back to the ledger's pool: orders may lease them
+		it.poolEmpty.Store(false)
+		it.refilled.Store(true)
 	}
 	s.purchases.forgive([]byte(ev.UserID), []byte(ev.SKU), ev.Qty)
 	releasesAppliedTotal.Inc()

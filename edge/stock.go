@@ -53,6 +53,7 @@ type saleItem struct {
 	// stock less those is what may still be sold or come back (openUnits).
 	acked        atomic.Uint64
 	poolEmpty    atomic.Bool // the ledger had no more units at the last grant
+	refilled     atomic.Bool // a stock release may have put units back in the ledger's pool
 	parked       parkedList  // orders waiting for the next grant (parked.go)
 	lease        leaseStats  // the lease manager's own (one goroutine)
 	priceCents   atomic.Int64

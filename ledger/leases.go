@@ -62,6 +62,7 @@ type Grant struct {
 	// empty, the SKU is sold out only when this is 0 too.
 	Open      int64
 	ExpiresAt time.Time // the lease's expiry, by the ledger's clock
+	Lost      bool      // LeaseStocks: the lease expired with units out (ErrLeaseLost)
 }
 
 // LeaseStock leases up to want units of sku to node for ttl (renewing the
@@ -72,55 +73,138 @@ type Grant struct {
 // then, if it had committed. unsettled is the node's report of its lease's
 // units still open before the grant (see the top of this file).
 func LeaseStock(ctx context.Context, db TxBeginner, sku string, node int, want int64, ttl time.Duration, op, unsettled int64) (Grant, error) {
-	var g Grant
+	gs, err := LeaseStocks(ctx, db, node, ttl, []LeaseRequest{{SKU: sku, Want: want, Op: op, Unsettled: unsettled}})
+	switch {
+	case err != nil:
+		return Grant{}, err
+	case gs[0].Lost:
+		return Grant{}, ErrLeaseLost
+	}
+	return gs[0], nil
+}
+
+// LeaseRequest asks for units of one SKU (see LeaseStock).
+type LeaseRequest struct {
+	SKU       string
+	Want      int64
+	Op        int64
+	Unsettled int64
+}
+
+// LeaseStocks answers several lease requests of node, for distinct SKUs,
+// in one transaction of six statements whatever their number: an edge tops
+// up a thousand SKUs of a sale at once, and one transaction per SKU made it
+// wait for round trips. The SKUs' rows are locked in SKU order, so batches
+// of several edges never deadlock. A grant whose lease expired with units
+// out is answered Lost (ErrLeaseLost for LeaseStock); a SKU the ledger does
+// not know gets nothing.
+func LeaseStocks(ctx context.Context, db TxBeginner, node int, ttl time.Duration, reqs []LeaseRequest) ([]Grant, error) {
+	grants := make([]Grant, len(reqs))
+	if len(reqs) == 0 {
+		return grants, nil
+	}
 	err := pgx.BeginTxFunc(ctx, db, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		st, err := lockPool(ctx, tx, sku)
+		clear(grants) // a retried transaction starts again
+		skus := make([]string, len(reqs))
+		for i, r := range reqs {
+			skus[i] = r.SKU
+		}
+		pools, err := lockPools(ctx, tx, skus, 0)
 		if err != nil {
 			return err
 		}
-		l, ok := st.leases[node]
-		switch {
-		case ok && l.lastOp == op:
-			g.Units, g.Pool, g.ExpiresAt = l.lastUnits, st.pool, l.expiresAt // answered already
-			g.Held, g.Open = st.held(), st.open()
+		var up struct { // the rows to write, as columns
+			skus     []string
+			started  []time.Time
+			units    []int64
+			base     []int64
+			ops      []int64
+			open     []int64
+			starved  []bool
+			granting []int // request index of each row
+		}
+		for i, r := range reqs {
+			st, g := pools[r.SKU], &grants[i]
+			if st == nil {
+				continue
+			}
+			l, ok := st.leases[node]
+			switch {
+			case ok && l.lastOp == r.Op:
+				g.Units, g.Pool, g.ExpiresAt = l.lastUnits, st.pool, l.expiresAt // answered already
+				g.Held, g.Open = st.held(), st.open()
+				continue
+			case ok && !l.live && l.outstanding > 0:
+				// Expired with units out: they come back when the ledger
+				// reclaims them (ReclaimExpiredLeases), not by reviving the lease.
+				g.Lost = true
+				continue
+			case !ok || !l.live:
+				st.live++
+			}
+			share := st.pool
+			if st.live > 1 {
+				share = (st.pool + int64(st.live) - 1) / int64(st.live)
+			}
+			g.Units = max(0, min(r.Want, share))
+			g.Pool = st.pool - g.Units
+			g.Held = st.held() + g.Units
+			unsettled := max(0, r.Unsettled)
+			l.unsettled = &unsettled
+			st.leases[node] = l
+			g.Open = st.open() + g.Units
+			up.skus = append(up.skus, r.SKU)
+			up.started = append(up.started, st.startedAt)
+			up.units = append(up.units, g.Units)
+			up.base = append(up.base, st.sold[node])
+			up.ops = append(up.ops, r.Op)
+			up.open = append(up.open, unsettled+g.Units)
+			// The pool itself is short of what was asked: the other edges
+			// give back what they do not need (RenewLeases tells them).
+			up.starved = append(up.starved, st.pool < r.Want)
+			up.granting = append(up.granting, i)
+		}
+		if len(up.skus) == 0 {
 			return nil
-		case ok && !l.live && l.outstanding > 0:
-			// Expired with units out: they come back when the ledger
-			// reclaims them (ReclaimExpiredLeases), not by reviving the lease.
-			return ErrLeaseLost
-		case !ok || !l.live:
-			st.live++
 		}
-		share := st.pool
-		if st.live > 1 {
-			share = (st.pool + int64(st.live) - 1) / int64(st.live)
-		}
-		g.Units = max(0, min(want, share))
-		g.Pool = st.pool - g.Units
-		g.Held = st.held() + g.Units
-		l.unsettled = &unsettled
-		st.leases[node] = l
-		g.Open = st.open() + g.Units
-		// The pool itself is short of what was asked: the other edges give
-		// back what they do not need (RenewLeases tells them).
-		starved := st.pool < want
-		if _, err := tx.Exec(ctx, `UPDATE sale_items SET starved_at = CASE WHEN $2 THEN now() END, starved_by = CASE WHEN $2 THEN $3::integer END
-			WHERE sku = $1 AND ($2 OR starved_at IS NOT NULL)`, sku, starved, node); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE sale_items s SET starved_at = CASE WHEN u.starved THEN now() END,
+				starved_by = CASE WHEN u.starved THEN $3::integer END
+			FROM unnest($1::text[], $2::bool[]) AS u(sku, starved)
+			WHERE s.sku = u.sku AND (u.starved OR s.starved_at IS NOT NULL)`, up.skus, up.starved, node); err != nil {
 			return err
 		}
-		return tx.QueryRow(ctx, `INSERT INTO stock_leases (sku, sale_started_at, node_id, granted, sold_base, last_op, last_units, expires_at, unsettled)
-			VALUES ($1, $2, $3, $4, $5, $6, $4, now() + $7::interval, $8)
+		rows, err := tx.Query(ctx, `INSERT INTO stock_leases (sku, sale_started_at, node_id, granted, sold_base, last_op, last_units, expires_at, unsettled)
+			SELECT u.sku, u.started, $1, u.units, u.base, u.op, u.units, now() + $2::interval, u.open
+			FROM unnest($3::text[], $4::timestamptz[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[]) AS u(sku, started, units, base, op, open)
 			ON CONFLICT (sku, sale_started_at, node_id) DO UPDATE
 			SET granted = stock_leases.granted + EXCLUDED.granted, expires_at = EXCLUDED.expires_at,
 				last_op = EXCLUDED.last_op, last_units = EXCLUDED.last_units, unsettled = EXCLUDED.unsettled, updated_at = now()
-			RETURNING expires_at`, sku, st.startedAt, node, g.Units, st.sold[node], op, ttl.String(), max(0, unsettled)+g.Units).Scan(&g.ExpiresAt)
+			RETURNING sku, expires_at`, node, ttl.String(), up.skus, up.started, up.units, up.base, up.ops, up.open)
+		if err != nil {
+			return err
+		}
+		expires := make(map[string]time.Time, len(up.skus))
+		for rows.Next() {
+			var sku string
+			var at time.Time
+			if err := rows.Scan(&sku, &at); err != nil {
+				rows.Close()
+				return err
+			}
+			expires[sku] = at
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, i := range up.granting {
+			grants[i].ExpiresAt = expires[reqs[i].SKU]
+		}
+		return nil
 	})
-	if errors.Is(err, ErrLeaseLost) {
-		return Grant{}, err
-	} else if err != nil {
-		return Grant{}, fmt.Errorf("leasing stock of %s: %w", sku, err)
+	if err != nil {
+		return nil, fmt.Errorf("leasing stock of %d SKUs: %w", len(reqs), err)
 	}
-	return g, nil
+	return grants, nil
 }
 
 // ReturnStock gives units of node's lease of sku back to the pool. It fails
@@ -151,6 +235,44 @@ func ReturnStock(ctx context.Context, db TxBeginner, sku string, node int, units
 			WHERE sku = $1 AND sale_started_at = $2 AND node_id = $3`, sku, st.startedAt, node, units, op, max(0, unsettled-units))
 		return err
 	})
+}
+
+// ReportUnsettled records node's reports of its live leases' open units
+// (see the top of this file), without renewing them: an edge whose last
+// open units of a SKU were just acknowledged says so at once, so that a
+// sold-out answer elsewhere does not wait for its next renewal.
+func ReportUnsettled(ctx context.Context, q Querier, node int, reports []Unsettled) error {
+	if len(reports) == 0 {
+		return nil
+	}
+	skus, units := make([]string, len(reports)), make([]int64, len(reports))
+	for i, u := range reports {
+		skus[i], units[i] = u.SKU, max(0, u.Units)
+	}
+	rows, err := q.Query(ctx, `UPDATE stock_leases l SET unsettled = u.units
+		FROM sale_items s JOIN unnest($2::text[], $3::bigint[]) AS u(sku, units) ON u.sku = s.sku
+		WHERE l.node_id = $1 AND l.sku = s.sku AND l.sale_started_at = s.sale_started_at AND l.expires_at > now()`, node, skus, units)
+	if err != nil {
+		return fmt.Errorf("reporting the open units of node %d's stock leases: %w", node, err)
+	}
+	rows.Close()
+	return rows.Err()
+}
+
+// StarvingSKUs lists the SKUs of node's live leases whose pool another node
+// found short lately (what RenewLeases reports as Starving): a read, so that
+// edges holding units learn of it more often than they renew.
+func StarvingSKUs(ctx context.Context, q Querier, node int) ([]string, error) {
+	rows, err := q.Query(ctx, `SELECT l.sku FROM stock_leases l JOIN sale_items s ON l.sku = s.sku AND l.sale_started_at = s.sale_started_at
+		WHERE l.node_id = $1 AND l.expires_at > now() AND s.starved_at > now() - interval '5 seconds' AND s.starved_by <> $1`, node)
+	if err != nil {
+		return nil, fmt.Errorf("reading the starving SKUs of node %d: %w", node, err)
+	}
+	skus, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("reading the starving SKUs of node %d: %w", node, err)
+	}
+	return skus, nil
 }
 
 // Renewal is what RenewLeases found.
@@ -353,66 +475,104 @@ func (l leaseState) open() int64 {
 }
 
 // lockPool locks sku's sale_items row and computes its pool and leases.
-func lockPool(ctx context.Context, tx pgx.Tx, sku string) (poolState, error) {
+func lockPool(ctx context.Context, tx pgx.Tx, sku string) (*poolState, error) {
 	return lockPoolGrace(ctx, tx, sku, 0)
 }
 
-func lockPoolGrace(ctx context.Context, tx pgx.Tx, sku string, grace time.Duration) (poolState, error) {
-	st := poolState{leases: map[int]leaseState{}, sold: map[int]int64{}}
-	err := tx.QueryRow(ctx, `SELECT stock, sale_started_at FROM sale_items WHERE sku = $1 FOR UPDATE`, sku).Scan(&st.stock, &st.startedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return st, fmt.Errorf("no sale item %q", sku)
-	} else if err != nil {
-		return st, err
-	}
-	// Per node: the units of its orders of this generation, and of those
-	// the units that hold stock.
-	rows, err := tx.Query(ctx, `SELECT `+orderid.NodeSQL("order_id")+`, sum(qty),
-			COALESCE(sum(qty) FILTER (WHERE status NOT IN ('cancelled', 'expired')), 0)
-		FROM orders WHERE sku = $1 AND created_at >= $2 GROUP BY 1`, sku, st.startedAt)
+func lockPoolGrace(ctx context.Context, tx pgx.Tx, sku string, grace time.Duration) (*poolState, error) {
+	pools, err := lockPools(ctx, tx, []string{sku}, grace)
 	if err != nil {
-		return st, err
+		return nil, err
+	}
+	if pools[sku] == nil {
+		return nil, fmt.Errorf("no sale item %q", sku)
+	}
+	return pools[sku], nil
+}
+
+// lockPools locks the sale_items rows of skus (in SKU order: two callers
+// never wait on each other in a cycle) and computes their pools and leases;
+// a SKU without a sale item has none. grace sets leaseState.expiredFor.
+func lockPools(ctx context.Context, tx pgx.Tx, skus []string, grace time.Duration) (map[string]*poolState, error) {
+	pools := make(map[string]*poolState, len(skus))
+	rows, err := tx.Query(ctx, `SELECT sku, stock, sale_started_at FROM sale_items WHERE sku = ANY($1) ORDER BY sku FOR UPDATE`, skus)
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	var since []time.Time
+	for rows.Next() {
+		st := &poolState{leases: map[int]leaseState{}, sold: map[int]int64{}}
+		var sku string
+		if err := rows.Scan(&sku, &st.stock, &st.startedAt); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		pools[sku] = st
+		keys, since = append(keys, sku), append(since, st.startedAt)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if len(keys) == 0 {
+		return pools, nil
+	}
+	// Per SKU and node: the units of its orders of this generation, and of
+	// those the units that hold stock. LATERAL keeps each SKU's scan on its
+	// index and its days' partitions.
+	rows, err = tx.Query(ctx, `SELECT k.sku, o.node, o.all_units, o.holding
+		FROM unnest($1::text[], $2::timestamptz[]) AS k(sku, since)
+		CROSS JOIN LATERAL (SELECT `+orderid.NodeSQL("order_id")+` AS node, sum(qty) AS all_units,
+				COALESCE(sum(qty) FILTER (WHERE status NOT IN ('cancelled', 'expired')), 0) AS holding
+			FROM orders WHERE sku = k.sku AND created_at >= k.since GROUP BY 1) o`, keys, since)
+	if err != nil {
+		return nil, err
 	}
 	for rows.Next() {
+		var sku string
 		var node int
 		var all, holding int64
-		if err := rows.Scan(&node, &all, &holding); err != nil {
+		if err := rows.Scan(&sku, &node, &all, &holding); err != nil {
 			rows.Close()
-			return st, err
+			return nil, err
 		}
+		st := pools[sku]
 		st.sold[node] = all
 		st.taken += holding
 	}
 	if err := rows.Err(); err != nil {
-		return st, err
+		return nil, err
 	}
-	rows, err = tx.Query(ctx, `SELECT node_id, granted - returned + sold_base, expires_at, expires_at > now(),
-			expires_at < now() - $3::interval, last_op, last_units, unsettled
-		FROM stock_leases WHERE sku = $1 AND sale_started_at = $2`, sku, st.startedAt, grace.String())
+	rows, err = tx.Query(ctx, `SELECT l.sku, l.node_id, l.granted - l.returned + l.sold_base, l.expires_at, l.expires_at > now(),
+			l.expires_at < now() - $3::interval, l.last_op, l.last_units, l.unsettled
+		FROM stock_leases l JOIN unnest($1::text[], $2::timestamptz[]) AS k(sku, since)
+			ON l.sku = k.sku AND l.sale_started_at = k.since`, keys, since, grace.String())
 	if err != nil {
-		return st, err
+		return nil, err
 	}
-	var held int64
 	for rows.Next() {
+		var sku string
 		var node int
 		var l leaseState
 		var net int64
-		if err := rows.Scan(&node, &net, &l.expiresAt, &l.live, &l.expiredFor, &l.lastOp, &l.lastUnits, &l.unsettled); err != nil {
+		if err := rows.Scan(&sku, &node, &net, &l.expiresAt, &l.live, &l.expiredFor, &l.lastOp, &l.lastUnits, &l.unsettled); err != nil {
 			rows.Close()
-			return st, err
+			return nil, err
 		}
+		st := pools[sku]
 		// Never below zero: a node's orders beyond its lease would be a
 		// bug, and counting them as negative holdings would grow the pool.
 		l.outstanding = max(0, net-st.sold[node])
 		st.leases[node] = l
-		held += l.outstanding
 		if l.live {
 			st.live++
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return st, err
+		return nil, err
 	}
-	st.pool = st.stock - st.taken - held
-	return st, nil
+	for _, st := range pools {
+		st.pool = st.stock - st.taken - st.held()
+	}
+	return pools, nil
 }

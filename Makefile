@@ -8,7 +8,7 @@ STATICCHECK_VERSION := v0.8.2
 # Fuzz each target this long in `make fuzz` (CI uses a short time).
 FUZZTIME  ?= 30s
 
-.PHONY: all build run test torture check fmt vet staticcheck bench bench-http bench-replay bench-attack profile fuzz clean deps
+.PHONY: all build run test torture check fmt vet staticcheck bench bench-http bench-replay bench-attack bench-fleet profile fuzz clean deps
 
 all: build
 
@@ -66,16 +66,22 @@ bench: build
 	BENCH_TABLE=$(CURDIR)/$(BENCH_TABLE) bash bench/ingest.sh
 	BENCH_TABLE=$(CURDIR)/$(BENCH_TABLE) bash bench/replay.sh
 	BENCH_TABLE=$(CURDIR)/$(BENCH_TABLE) bash bench/attack.sh 8 100 3
+	BENCH_TABLE=$(CURDIR)/$(BENCH_TABLE) ROUNDS=3 bash bench/fleet.sh
 	@bash bench/table.sh $(BENCH_TABLE)
 
 # The flash-sale replay against flashgate dev and the textbook stack alone.
 bench-replay: build
 	bash bench/replay.sh $(TRACE)
 
-# The edge's HTTP core against nginx only (wrk; installs nginx-light and wrk if missing).
+# Latency of well-behaved orders while an attacker floods the edge and nginx.
 bench-attack: build
 	bash bench/attack.sh 8 100 3
 
+# Three edges with stock leases and two ingest workers (the README's example).
+bench-fleet: build
+	ROUNDS=3 bash bench/fleet.sh
+
+# The edge's HTTP core against nginx only (wrk; installs nginx-light and wrk if missing).
 bench-http: build
 	bash bench/http.sh
 

@@ -79,7 +79,12 @@ for n, c in zip(names, t["outcomes"]):
     if c:
         print("  %-24s %8d  %5.1f%%" % (n, c, 100.0 * c / total))
 checks = run.get("checks") or []
-print("checks: %d/%d PASS" % (sum(1 for c in checks if c["pass"]), len(checks)))
+passed = sum(1 for c in checks if c["pass"])
+print("checks: %d/%d PASS" % (passed, len(checks)))
+out = dict(zip(names, t["outcomes"]))
+with open(d + "/../figures.jsonl", "a") as f:
+    f.write(json.dumps({"accepted_per_s": t["accepted_per_s"], "p99_ms": t["latency"]["all"]["p99_us"] / 1000,
+                        "unavailable": out.get("unavailable", 0) / total, "pass": passed == len(checks) and passed > 0}) + "\n")
 for c in checks:
     if not c["pass"]:
         print("  FAIL", c.get("name"), c.get("detail", ""))
@@ -107,6 +112,20 @@ for r in $(seq 1 "${ROUNDS:-1}"); do
   echo "== round $r"
   round "$r" || failed=1
 done
+python3 - "$out/figures.jsonl" <<'PY'
+import json, os, statistics, sys
+rs = [json.loads(l) for l in open(sys.argv[1])]
+med = lambda k: statistics.median(r[k] for r in rs)
+ok = all(r["pass"] for r in rs)
+print("\nthree edges, %d round(s), medians: %.0f accepted orders/s, p99 %.1f s, %.1f%% 503, invariants %s"
+      % (len(rs), med("accepted_per_s"), med("p99_ms") / 1000, 100 * med("unavailable"), "PASS" if ok else "FAIL"))
+table = os.environ.get("BENCH_TABLE")
+if table:
+    with open(table, "a") as f:
+        f.write("three edges (leases), 100K-order sale: 503 share of responses|%.1f%%|-|-|-|-|-\n" % (100 * med("unavailable")))
+        f.write("three edges (leases), 100K-order sale: accepted orders/s|%.0f|-|-|-|-|-\n" % med("accepted_per_s"))
+        f.write("three edges (leases), 100K-order sale: invariants verified|%s|-|-|-|PASS|%s\n" % ("PASS" if ok else "FAIL", "PASS" if ok else "FAIL"))
+PY
 [ "${KEEP:-0}" = 1 ] || rm -f "$out"/*/replay/results.zst
 echo "logs and reports: $out"
 exit $failed

@@ -210,11 +210,14 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 	if closeAfter {
 		cs.closing = true
 	}
-	cs.scratch = ip.AppendTo(cs.scratch[:0])
 	sl.key = append(sl.key[:0], user...)
 	sl.user = sl.key
 	sl.sku = append(sl.sku[:0], sku...)
-	sl.val = order.AppendRecord(sl.val[:0], id, user, sku, int32(qty), it.priceCents.Load(), r.idemKey, cs.scratch)
+	if !s.cfg.UnsafeNoKafka { // no record without the hand-off
+		cs.scratch = ip.AppendTo(cs.scratch[:0])
+		sl.val = order.AppendRecord(sl.val[:0], id, user, sku, int32(qty), it.priceCents.Load(), r.idemKey, cs.scratch)
+		sl.rec = kgo.Record{Key: sl.key, Value: sl.val}
+	}
 
 	// The 202 is built now, while the request bytes are valid; it leaves
 	// only if the broker acks.
@@ -223,12 +226,14 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 	sl.resp = appendResponse(sl.resp[:0], 202, &respHeader{location: locationPrefix, locationID: id, close: closeAfter}, body)
 	sl.bodyOff = len(sl.resp) - len(body)
 
-	sl.rec = kgo.Record{Key: sl.key, Value: sl.val}
 	if d.park { // no units yet: it waits for the next lease grant
 		s.park(sl, nowNs)
 		return
 	}
 	if s.cfg.UnsafeNoKafka { // benchmarks of the path up to the hand-off
+		if cap(sl.val) < 512 { // the idempotency entry's buffer (no record grew it)
+			sl.val = make([]byte, 0, 512)
+		}
 		s.accept(&sl.handoff, nowNs, sl.resp[sl.bodyOff:], sl.val[:0])
 		responsesTotal[202].Inc()
 		sl.state.Store(slotReady) // on the loop: flushed at the end of this OnTraffic

@@ -3,6 +3,8 @@ package edge
 import (
 	"encoding/binary"
 	"sync/atomic"
+
+	"github.com/flashgate/flashgate/lib/orderid"
 )
 
 // recentOrders remembers the last accepted orders so that GET can answer
@@ -23,7 +25,7 @@ type recentOrders struct {
 type recentEntry struct {
 	id   atomic.Int64
 	meta atomic.Uint64     // user length | sku length << 8 | qty << 16
-	data [16]atomic.Uint64 // user (64 bytes), then sku (64 bytes)
+	data [16]atomic.Uint64 // user, then sku right after it (at most 64 bytes each)
 }
 
 func newRecentOrders(entries int) *recentOrders {
@@ -34,10 +36,16 @@ func newRecentOrders(entries int) *recentOrders {
 	return &recentOrders{entries: make([]recentEntry, 1<<bits), shift: 64 - bits}
 }
 
-// entry maps an id to its entry. Ids are time-ordered with the sequence in
-// the low bits, so they are mixed (Fibonacci hashing) rather than masked.
+// entry maps an id to its entry. An id's millisecond and generator are
+// mixed (Fibonacci hashing) to a starting entry, and its sequence within the
+// millisecond counts from there: the orders of one loop's millisecond go to
+// consecutive entries, which the CPU prefetches (hashing whole ids put every
+// order on a cold cache line of a table far bigger than the caches), while
+// milliseconds still spread over the whole table.
 func (r *recentOrders) entry(id int64) *recentEntry {
-	return &r.entries[(uint64(id)*0x9E3779B97F4A7C15)>>r.shift]
+	run := uint64(id) >> orderid.SeqBits
+	seq := uint64(id) & (1<<orderid.SeqBits - 1)
+	return &r.entries[((run*0x9E3779B97F4A7C15)>>r.shift+seq)&uint64(len(r.entries)-1)]
 }
 
 // put records an accepted order. A writer that finds the entry being written
@@ -52,8 +60,12 @@ func (r *recentOrders) put(id int64, user, sku []byte, qty int64) {
 		return
 	}
 	e.meta.Store(uint64(len(user)) | uint64(len(sku))<<8 | uint64(qty)<<16)
-	storeWords(e.data[0:8], user)
-	storeWords(e.data[8:16], sku)
+	// Packed, so that short ones stay in the entry's first cache line or
+	// two (the table is far bigger than the caches: every put misses).
+	var text [128]byte
+	copy(text[:], user)
+	copy(text[len(user):], sku)
+	storeWords(e.data[:], text[:len(user)+len(sku)])
 	e.id.Store(id)
 }
 
@@ -70,22 +82,20 @@ func (r *recentOrders) get(id int64, buf []byte) (user, sku []byte, qty int64, o
 		return nil, nil, 0, false
 	}
 	var text [128]byte
-	loadWords(text[:64], e.data[0:8], ul)
-	loadWords(text[64:], e.data[8:16], sl)
+	loadWords(text[:], e.data[:], ul+sl)
 	if e.id.Load() != id { // overwritten while we copied
 		return nil, nil, 0, false
 	}
 	start := len(buf)
-	buf = append(buf, text[:ul]...)
-	buf = append(buf, text[64:64+sl]...)
+	buf = append(buf, text[:ul+sl]...)
 	b := buf[start:]
 	return b[:ul], b[ul:], int64(meta >> 16), true
 }
 
-// storeWords stores b (at most 64 bytes) in the words it needs; the bytes
+// storeWords stores b (at most 128 bytes) in the words it needs; the bytes
 // past len(b) in the last word are zero, the words after it are untouched.
 func storeWords(dst []atomic.Uint64, b []byte) {
-	var tmp [64]byte
+	var tmp [128]byte
 	copy(tmp[:], b)
 	for i := 0; i*8 < len(b); i++ {
 		dst[i].Store(binary.LittleEndian.Uint64(tmp[i*8:]))

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"fmt"
+	"github.com/flashgate/flashgate/lib/orderid"
 	"sync"
 	"testing"
 )
@@ -68,4 +69,16 @@ func TestRecentOrdersNoTornReads(t *testing.T) {
 		}(w)
 	}
 	wg.Wait()
+}
+
+// BenchmarkRecentPut: one accepted order recorded, on a table of the default
+// size, ids as an edge makes them (time-ordered, so spread over the table).
+func BenchmarkRecentPut(b *testing.B) {
+	r := newRecentOrders(DefaultConfig().RecentOrders)
+	gen := orderid.MustNew(1, 0)
+	user, sku := []byte("u123456"), []byte("SKU-00042")
+	b.ReportAllocs()
+	for b.Loop() {
+		r.put(gen.Next(), user, sku, 1)
+	}
 }

@@ -31,6 +31,9 @@ const (
 	MaxNode = 1<<nodeBits - 1
 	// MaxShard is the largest shard (event loop) index an id can carry.
 	MaxShard = 1<<shardBits - 1
+	// SeqBits is how many low bits of an id count ids within one
+	// generator's millisecond: consecutive ids of a generator differ there.
+	SeqBits = seqBits
 )
 
 var epochMs = Epoch.UnixMilli()

@@ -118,6 +118,7 @@ func (s *Server) admit(shard int, sc *admitScratch, user, sku []byte, qty int64,
 			}
 			s.breaker.cancelProbe(d.probe)
 			s.abandonIdem(d.idemK)
+			it.wanted.Store(true)
 			return refuseLeaseWait()
 		}
 		s.breaker.cancelProbe(d.probe)
@@ -126,9 +127,7 @@ func (s *Server) admit(shard int, sc *admitScratch, user, sku []byte, qty int64,
 	}
 	if late {
 		if r := s.reservePurchase(&d, user, sku, qty, limit); r.status != 0 {
-			if it.leaseEpoch.Load() == d.epoch { // else the ledger reclaims them
-				it.giveBack(shard, qty)
-			}
+			it.putBack(shard, qty, d.epoch, s.leases != nil)
 			return r
 		}
 	}
@@ -146,6 +145,7 @@ func (s *Server) noPark(d decision) decision {
 		return d
 	}
 	s.abandonIdem(d.idemK)
+	d.item.wanted.Store(true)
 	return refuseLeaseWait()
 }
 
@@ -169,9 +169,7 @@ func (s *Server) reservePurchase(d *decision, user, sku []byte, qty, limit int64
 // compensate undoes an admission whose order definitely failed: the units go
 // back to the stock and the user's count, and the key is free for a retry.
 func (s *Server) compensate(shard int, item *saleItem, epoch int64, purchase *purchaseSlot, idemK []byte, qty int64) {
-	if item.leaseEpoch.Load() == epoch {
-		item.giveBack(shard, qty)
-	} // else the lease they came from was lost: the ledger reclaims them
+	item.putBack(shard, qty, epoch, s.leases != nil) // with a lost lease: the ledger reclaims them
 	if purchase != nil {
 		purchase.release(qty)
 	}

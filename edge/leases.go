@@ -129,6 +129,8 @@ func (l *leaser) run(ctx context.Context) {
 	// A previous process with this node id may have held units it no longer
 	// has: end its leases before taking new ones.
 	l.needExpire = true
+	l.wg.Add(1)
+	go l.watchParked(ctx)
 	t := time.NewTicker(leaseTick)
 	defer t.Stop()
 	for {
@@ -147,11 +149,6 @@ func (l *leaser) run(ctx context.Context) {
 func (l *leaser) step(ctx context.Context) {
 	cfg := &l.s.cfg
 	now := time.Now()
-	for _, it := range l.s.items.all() { // first: their waits are bounded whatever the ledger does
-		if it.parked.head.Load() != nil {
-			l.serveParked(it, now)
-		}
-	}
 	if !l.valid(now.UnixNano()) {
 		l.dropAll("the stock leases could not be renewed in time")
 	}
@@ -327,7 +324,11 @@ func (l *leaser) reports() []ledger.Unsettled {
 	var r []ledger.Unsettled
 	for _, it := range l.s.items.all() {
 		if it.stock.Load() > 0 || it.lease.pending != nil {
-			r = append(r, ledger.Unsettled{SKU: it.sku, Units: it.openUnits()})
+			open := it.openUnits()
+			if p := it.lease.pending; p != nil && p.grant {
+				open += p.units // it may have committed: those may be this edge's to sell
+			}
+			r = append(r, ledger.Unsettled{SKU: it.sku, Units: open})
 		}
 	}
 	return r
@@ -343,8 +344,11 @@ func (l *leaser) drop(it *saleItem, why string) {
 
 // dropLocked is drop with it.mu held.
 func (l *leaser) dropLocked(it *saleItem, why string) {
-	it.newLeaseEpoch()
+	// Drained before the new epoch starts: an order that reads the new
+	// epoch can only take units of the new lease. Failed orders' units do
+	// not come back to the stripes meanwhile (putBack).
 	n := it.drainAll()
+	n += it.newLeaseEpoch()
 	if p := it.lease.pending; p != nil && !p.grant {
 		n += p.units // a return whose answer was lost: reclaimed too, if it did not apply
 	}
@@ -393,6 +397,11 @@ func (l *leaser) topUp(ctx context.Context, it *saleItem, now time.Time) (ask bo
 		}
 	}
 	st.lastAccepted, st.lastAt = it.accepted.Load(), now
+	if it.returned.Load()&unitsMask != 0 { // failed orders' units: sellable again
+		it.mu.Lock()
+		it.foldReturned()
+		it.mu.Unlock()
+	}
 	if p := st.pending; p != nil {
 		if p.grant {
 			return true // asked before, its answer lost: again, with the same number
@@ -421,9 +430,11 @@ func (l *leaser) topUp(ctx context.Context, it *saleItem, now time.Time) (ask bo
 	switch {
 	// Once the pool ran short, asking again without orders waiting would
 	// only poll: a thousand sold-out SKUs asked for every few hundred
-	// milliseconds kept the ledger busy. A stock release (a cancelled
-	// or expired order) may refill the pool: then it asks once.
-	case rem < need/2+1 && now.After(st.waitUntil) && (!st.exhausted || it.parked.head.Load() != nil || it.refilled.Swap(false)):
+	// milliseconds kept the ledger busy. It asks for orders parked or
+	// refused for want of a grant (no room to park, -edge.leaseWait 0),
+	// and once when the pool may have been refilled: a stock release (a
+	// cancelled or expired order), more stock, a new sale.
+	case rem < need/2+1 && now.After(st.waitUntil) && (!st.exhausted || it.parked.head.Load() != nil || it.wanted.Swap(false) || it.refilled.Swap(false)):
 		st.pending = &leaseOp{op: l.op.Add(1), grant: true, units: need - rem}
 		return true
 	case rem > 2*need && it.poolEmpty.Load():
@@ -533,6 +544,9 @@ func (l *leaser) giveBack(ctx context.Context, it *saleItem, n int64, p *leaseOp
 // no order can take one).
 func (l *leaser) returnAll(ctx context.Context) {
 	for _, it := range l.s.items.all() {
+		it.mu.Lock()
+		it.foldReturned()
+		it.mu.Unlock()
 		if p := it.lease.pending; p != nil && !p.grant {
 			l.giveBack(ctx, it, 0, p)
 		}
@@ -552,7 +566,11 @@ func (l *leaser) reclaim(ctx context.Context) {
 		return
 	}
 	cfg := &l.s.cfg
-	skus, err := ledger.ExpiredLeaseSKUs(ctx, l.s.pool, cfg.DeliveryTimeout)
+	var skus []string
+	err := l.call(ctx, func(ctx context.Context) (err error) {
+		skus, err = ledger.ExpiredLeaseSKUs(ctx, l.s.pool, cfg.DeliveryTimeout)
+		return err
+	})
 	if err != nil || len(skus) == 0 {
 		if err != nil {
 			slog.Warn("edge: looking for expired stock leases", "err", err)

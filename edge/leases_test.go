@@ -256,13 +256,34 @@ func TestDeadEdgesLeaseIsReclaimed(t *testing.T) {
 }
 
 // tcpProxy forwards connections to target until cut: then it closes them
-// and refuses new ones (a network partition between one edge and the ledger).
+// and refuses new ones (a network partition between one edge and the
+// ledger). Black-holed instead, it keeps every connection open and takes
+// new ones, but forwards nothing: requests hang until their deadlines.
 type tcpProxy struct {
 	l      net.Listener
 	target string
 	cut    atomic.Bool
+	hole   atomic.Bool
 	mu     sync.Mutex
 	conns  []net.Conn
+}
+
+// forward copies src to dst until either ends, dropping what it reads
+// while the proxy is black-holed.
+func (p *tcpProxy) forward(dst, src net.Conn) {
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !p.hole.Load() {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 func startProxy(t *testing.T, target string) *tcpProxy {
@@ -282,16 +303,22 @@ func startProxy(t *testing.T, target string) *tcpProxy {
 				c.Close()
 				continue
 			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c)
+			p.mu.Unlock()
+			if p.hole.Load() {
+				continue // held open, never answered
+			}
 			u, err := net.Dial("tcp", target)
 			if err != nil {
 				c.Close()
 				continue
 			}
 			p.mu.Lock()
-			p.conns = append(p.conns, c, u)
+			p.conns = append(p.conns, u)
 			p.mu.Unlock()
-			go func() { io.Copy(u, c); u.Close() }()
-			go func() { io.Copy(c, u); c.Close() }()
+			go p.forward(u, c)
+			go p.forward(c, u)
 		}
 	}()
 	return p
@@ -441,9 +468,17 @@ func TestParkedOrdersWaitForGrants(t *testing.T) {
 }
 
 // A parked order is answered when its wait is over even if the ledger
-// cannot be reached (503 lease-wait, not before -edge.leaseWait), and a
-// drain answers the parked orders at once (503, Connection: close).
+// cannot be reached (503 lease-wait, not before -edge.leaseWait), whether
+// the ledger's connections are cut or black-holed (held open, never
+// answered: the lease manager's calls then hang until their deadlines), and
+// a drain answers the parked orders at once (503, Connection: close).
 func TestParkedOrdersAreAnsweredWhenTheLedgerIsGone(t *testing.T) {
+	for _, hole := range []bool{false, true} {
+		t.Run(map[bool]string{false: "cut", true: "black hole"}[hole], func(t *testing.T) { parkedWithoutLedger(t, hole) })
+	}
+}
+
+func parkedWithoutLedger(t *testing.T, hole bool) {
 	var proxy *tcpProxy
 	edges, _ := startLeasingEdges(t, 1, 20*time.Second, leaseSetup{
 		ledgerURL: func(i int, raw string) string {
@@ -472,14 +507,20 @@ func TestParkedOrdersAreAnsweredWhenTheLedgerIsGone(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond) // the first renewal
 	}
-	proxy.Cut()
-	// Sell what the edge holds; the next order waits for a grant that cannot come.
+	if hole {
+		proxy.hole.Store(true)
+	} else {
+		proxy.Cut()
+	}
+	// Sell what the edge holds; the next order waits for a grant that cannot
+	// come. An order unanswered for a minute (30 times its wait) hangs.
+	client := &http.Client{Timeout: time.Minute}
 	var code int
 	var body string
 	var took time.Duration
 	for i := 0; ; i++ {
 		start := time.Now()
-		code, _, body = postOrder(t, s.cfg.Addr, fmt.Sprint("ph", i), "PARKED-2")
+		code, body = postWith(t, client, s.cfg.Addr, fmt.Sprint("ph", i), "PARKED-2")
 		took = time.Since(start)
 		if code != 202 {
 			break
@@ -501,7 +542,7 @@ func TestParkedOrdersAreAnsweredWhenTheLedgerIsGone(t *testing.T) {
 	go func() {
 		req, _ := http.NewRequest("POST", "http://"+s.cfg.Addr+"/v1/orders", strings.NewReader(`{"sku":"PARKED-2","qty":1}`))
 		req.Header.Set("X-User-ID", "pdrain")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			got <- answer{body: err.Error()}
 			return
@@ -522,5 +563,58 @@ func TestParkedOrdersAreAnsweredWhenTheLedgerIsGone(t *testing.T) {
 	a := <-got
 	if a.code != 503 || !strings.Contains(a.body, "shutting down") || !a.close {
 		t.Fatalf("the order parked during the drain: %d (close %v) %s; want 503, shutting down, Connection: close", a.code, a.close, a.body)
+	}
+}
+
+// postWith orders one unit of sku as user with client; an error (a timeout)
+// fails the test.
+func postWith(t *testing.T, client *http.Client, addr, user, sku string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/orders", strings.NewReader(fmt.Sprintf(`{"sku":%q,"qty":1}`, sku)))
+	req.Header.Set("X-User-ID", user)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("order of %s: %v", user, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// A SKU sold out across its edges sells again when its stock is raised: the
+// edge learns of the new stock from the sale item's terms and asks the
+// ledger again (it had stopped asking once the pool was empty).
+func TestRestockedSKUSellsAgain(t *testing.T) {
+	edges, _ := startLeasingEdges(t, 2, 10*time.Second)
+	if _, err := edges[0].PutSaleItem(context.Background(), ledger.SaleItem{SKU: "RESTOCK-1", Stock: 10, PriceCents: 100}); err != nil {
+		t.Fatal(err)
+	}
+	waitKnown(t, edges, "RESTOCK-1")
+	var sold int64
+	for _, n := range sellOut(t, edges, "RESTOCK-1", 2) {
+		sold += n
+	}
+	if sold != 10 {
+		t.Fatalf("sold %d of 10", sold)
+	}
+	if _, err := edges[0].PutSaleItem(context.Background(), ledger.SaleItem{SKU: "RESTOCK-1", Stock: 25, PriceCents: 100}); err != nil {
+		t.Fatal(err)
+	}
+	// Both edges learn of it within a second (the terms' refresh); then
+	// they sell exactly the 15 new units.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var more int64
+		for _, n := range sellOut(t, edges, "RESTOCK-1", 2) {
+			more += n
+		}
+		sold += more
+		if sold >= 25 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if sold != 25 {
+		t.Fatalf("sold %d of the 25 units after the restock", sold)
 	}
 }

@@ -77,10 +77,34 @@ func (s *Server) park(sl *slot, nowNs int64) {
 	s.leases.wake()
 }
 
+// parkedTick is how often parked orders are looked at apart from grants:
+// their waits end on time whatever the ledger and the lease manager do.
+const parkedTick = 50 * time.Millisecond
+
+// watchParked serves the parked orders every parkedTick until ctx ends.
+func (l *leaser) watchParked(ctx context.Context) {
+	defer l.wg.Done()
+	t := time.NewTicker(parkedTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			for _, it := range l.s.items.all() {
+				if it.parked.head.Load() != nil {
+					l.serveParked(it, now)
+				}
+			}
+		}
+	}
+}
+
 // serveParked serves it's parked orders (see the top of this file): those
 // whose units can be taken now go to Kafka; the others are answered when
-// there is nothing more to wait for, or kept. Only the lease manager calls
-// it, for one item at a time.
+// there is nothing more to wait for, or kept. The lease manager calls it
+// after a grant and watchParked on its tick, maybe at once: each takes the
+// orders it finds (takeAll), so every order is served by one of them.
 func (l *leaser) serveParked(it *saleItem, now time.Time) {
 	var keep []*slot
 	for sl := it.parked.takeAll(); sl != nil; {
@@ -115,9 +139,7 @@ func (l *leaser) unpark(it *saleItem, sl *slot, nowNs int64) bool {
 		if limit := int64(it.perUserLimit.Load()); limit > 0 {
 			var d decision // no key in it: answerParked frees the key, once
 			if r := s.reservePurchase(&d, sl.user, sl.sku, sl.qty, limit); r.status != 0 {
-				if it.leaseEpoch.Load() == epoch { // else the ledger reclaims them
-					it.giveBack(sl.shard, sl.qty)
-				}
+				it.putBack(sl.shard, sl.qty, epoch, true)
 				s.answerParked(sl, r.status, r.problem, r.detail, r.retryAfter, r.counter)
 				return true
 			}

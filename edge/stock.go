@@ -51,11 +51,19 @@ type saleItem struct {
 	// acked packs the lease epoch (high 24 bits) with the units of this
 	// edge's orders taken under it that Kafka acknowledged (low 40 bits):
 	// stock less those is what may still be sold or come back (openUnits).
-	acked        atomic.Uint64
+	acked atomic.Uint64
+	// returned packs the same way the units of orders taken under the
+	// lease epoch that failed (putBack): with leases they reach the stripes
+	// only through the lease manager (foldReturned), so that a lease lost
+	// meanwhile takes them along atomically.
+	returned     atomic.Uint64
 	poolEmpty    atomic.Bool // the ledger had no more units at the last grant
-	refilled     atomic.Bool // a stock release may have put units back in the ledger's pool
-	parked       parkedList  // orders waiting for the next grant (parked.go)
-	lease        leaseStats  // the lease manager's own (one goroutine)
+	refilled     atomic.Bool // the ledger's pool may have units again (a release, more stock, a new sale)
+	wanted       atomic.Bool // an order was refused for want of a grant: ask again
+	termsStock   atomic.Int64
+	termsSale    atomic.Int64 // the sale generation (SaleStartedAt, ns)
+	parked       parkedList   // orders waiting for the next grant (parked.go)
+	lease        leaseStats   // the lease manager's own (one goroutine)
 	priceCents   atomic.Int64
 	perUserLimit atomic.Int32
 	startsAtNs   atomic.Int64 // 0 = no start bound
@@ -195,6 +203,15 @@ func (it *saleItem) set(s ledger.SaleItem, takenUnits int64) {
 
 // setTerms sets everything of the item but its stock.
 func (it *saleItem) setTerms(s ledger.SaleItem) {
+	// More stock or a new sale may refill the ledger's pool (leases).
+	if old := it.termsStock.Swap(s.Stock); s.Stock > old {
+		it.poolEmpty.Store(false)
+		it.refilled.Store(true)
+	}
+	if old := it.termsSale.Swap(unixNano(s.SaleStartedAt)); old != unixNano(s.SaleStartedAt) {
+		it.poolEmpty.Store(false)
+		it.refilled.Store(true)
+	}
 	it.priceCents.Store(s.PriceCents)
 	it.perUserLimit.Store(s.PerUserLimit)
 	it.startsAtNs.Store(unixNano(s.StartsAt))
@@ -272,15 +289,57 @@ func (t *saleTable) roomFor(sku string) error {
 
 func (t *saleTable) all() map[string]*saleItem { return *t.m.Load() }
 
-// ackedBits is how many low bits of saleItem.acked count units.
-const ackedBits = 40
+// ackedBits is how many low bits of saleItem.acked and .returned count
+// units; the bits above hold a lease epoch.
+const (
+	ackedBits  = 40
+	unitsMask  = 1<<ackedBits - 1
+	epochMask  = 1<<(64-ackedBits) - 1
+	epochShift = ackedBits
+)
+
+// putBack gives back the qty units of an order taken on shard under lease
+// epoch that failed. Without leases they go straight back to the stripes;
+// with leases they wait in it.returned for the lease manager, and are
+// dropped if the lease was lost since (the ledger reclaims them).
+func (it *saleItem) putBack(shard int, qty, epoch int64, leased bool) {
+	if !leased {
+		it.giveBack(shard, qty)
+		return
+	}
+	for {
+		w := it.returned.Load()
+		if w>>epochShift != uint64(epoch)&epochMask {
+			return
+		}
+		if it.returned.CompareAndSwap(w, w+uint64(qty)) {
+			return
+		}
+	}
+}
+
+// foldReturned moves the units given back under the current lease into the
+// stripes. Call with it.mu held.
+func (it *saleItem) foldReturned() {
+	for {
+		w := it.returned.Load()
+		n := int64(w & unitsMask)
+		if n == 0 {
+			return
+		}
+		if it.returned.CompareAndSwap(w, w&^unitsMask) {
+			it.spread(n)
+			return
+		}
+	}
+}
 
 // countAcked counts qty units of an order taken under lease epoch that
 // Kafka acknowledged; an order of an earlier epoch does not count.
 func (it *saleItem) countAcked(epoch, qty int64) {
 	for {
 		w := it.acked.Load()
-		if w>>ackedBits != uint64(epoch)&(1<<(64-ackedBits)-1) {
+		if w>>epochShift != uint64(epoch)&epochMask {
 			return
 		}
 		if it.acked.CompareAndSwap(w, w+uint64(qty)) {
@@ -290,10 +349,13 @@ func (it *saleItem) countAcked(epoch, qty int64) {
 }
 
 // newLeaseEpoch starts a lease epoch: the units of orders taken before it
-// are the ledger's to account for. Call with it.mu held.
-func (it *saleItem) newLeaseEpoch() {
+// are the ledger's to account for. It returns the units given back under
+// the old one and not yet in the stripes. Call with it.mu held, once the
+// stripes are drained.
+func (it *saleItem) newLeaseEpoch() int64 {
 	e := it.leaseEpoch.Add(1)
-	it.acked.Store((uint64(e) & (1<<(64-ackedBits) - 1)) << ackedBits)
+	it.acked.Store((uint64(e) & epochMask) << epochShift)
+	return int64(it.returned.Swap((uint64(e)&epochMask)<<epochShift) & unitsMask)
 }
 
 // openUnits is an upper bound of the leased units whose fate is open: in
@@ -302,6 +364,6 @@ func (it *saleItem) newLeaseEpoch() {
 // acked is read first and only grows, and stock only changes on the lease
 // manager's goroutine, which calls this.
 func (it *saleItem) openUnits() int64 {
-	acked := int64(it.acked.Load() & (1<<ackedBits - 1))
+	acked := int64(it.acked.Load() & unitsMask)
 	return max(0, it.stock.Load()-acked)
 }

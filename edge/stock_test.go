@@ -151,3 +151,71 @@ func TestStripePadding(t *testing.T) {
 }
 
 func uintptrOf(s *stripe) uintptr { return uintptr(unsafe.Pointer(s)) }
+
+// With leases, a failed order's units come back to the stripes only through
+// the lease manager, and only under the lease they were taken from: a lease
+// lost meanwhile takes them along (the ledger reclaims them), and acks of
+// its orders no longer count against the new lease's open units.
+func TestFailedOrdersUnitsFollowTheirLease(t *testing.T) {
+	it := newSaleItem("LEASED", 2)
+	it.mu.Lock()
+	it.spread(10)
+	it.stock.Add(10)
+	it.mu.Unlock()
+	first := it.leaseEpoch.Load()
+	if !it.take(0, 3) || !it.take(1, 2) {
+		t.Fatal("take failed with 10 units")
+	}
+	it.countAcked(first, 2)
+	if got := it.openUnits(); got != 8 {
+		t.Fatalf("open units %d, want 10 leased - 2 acknowledged", got)
+	}
+	it.putBack(0, 3, first, true) // the 3-unit order failed
+	if got := it.remaining(); got != 5 {
+		t.Fatalf("remaining %d right after the failure, want 5: its units wait for the lease manager", got)
+	}
+	it.mu.Lock()
+	it.foldReturned()
+	it.mu.Unlock()
+	if got := it.remaining(); got != 8 {
+		t.Fatalf("remaining %d after the fold, want 8", got)
+	}
+	if !it.take(1, 4) {
+		t.Fatal("take failed with 8 units")
+	}
+	// The lease is lost with an order of 4 in flight.
+	it.mu.Lock()
+	lost := it.drainAll() + it.newLeaseEpoch()
+	it.stock.Store(0)
+	it.mu.Unlock()
+	if lost != 4 {
+		t.Fatalf("the lost lease held %d units in the stripes, want 4", lost)
+	}
+	it.putBack(1, 4, first, true) // that order fails after the loss
+	it.countAcked(first, 4)       // (or is acknowledged)
+	it.mu.Lock()
+	it.foldReturned()
+	it.mu.Unlock()
+	if got := it.remaining(); got != 0 {
+		t.Fatalf("remaining %d: units of a lost lease came back into the stripes", got)
+	}
+	if got := it.openUnits(); got != 0 {
+		t.Fatalf("open units %d under the new lease, want 0", got)
+	}
+	// Under the new lease, failures come back again.
+	it.mu.Lock()
+	it.spread(5)
+	it.stock.Add(5)
+	it.mu.Unlock()
+	second := it.leaseEpoch.Load()
+	if second == first || !it.take(0, 5) {
+		t.Fatal("no new epoch, or take failed")
+	}
+	it.putBack(0, 5, second, true)
+	it.mu.Lock()
+	it.foldReturned()
+	it.mu.Unlock()
+	if got := it.remaining(); got != 5 {
+		t.Fatalf("remaining %d under the new lease, want its 5 units back", got)
+	}
+}

@@ -106,13 +106,22 @@ func LeaseStocks(ctx context.Context, db TxBeginner, node int, ttl time.Duration
 	err := pgx.BeginTxFunc(ctx, db, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		clear(grants) // a retried transaction starts again
 		skus := make([]string, len(reqs))
+		seen := make(map[string]bool, len(reqs))
 		for i, r := range reqs {
+			if seen[r.SKU] { // two grants computed from one pool would hand out its units twice
+				return fmt.Errorf("SKU %s asked for twice in one batch", r.SKU)
+			}
+			seen[r.SKU] = true
 			skus[i] = r.SKU
 		}
 		pools, err := lockPools(ctx, tx, skus, 0)
 		if err != nil {
 			return err
 		}
+		var again struct {
+			skus []string
+			open []int64
+		} // answered already: their reports
 		var up struct { // the rows to write, as columns
 			skus     []string
 			started  []time.Time
@@ -131,8 +140,14 @@ func LeaseStocks(ctx context.Context, db TxBeginner, node int, ttl time.Duration
 			l, ok := st.leases[node]
 			switch {
 			case ok && l.lastOp == r.Op:
-				g.Units, g.Pool, g.ExpiresAt = l.lastUnits, st.pool, l.expiresAt // answered already
+				// Answered already. The node's report leaves out the units
+				// it never heard it got: count them in again.
+				unsettled := max(0, r.Unsettled) + l.lastUnits
+				l.unsettled = &unsettled
+				st.leases[node] = l
+				g.Units, g.Pool, g.ExpiresAt = l.lastUnits, st.pool, l.expiresAt
 				g.Held, g.Open = st.held(), st.open()
+				again.skus, again.open = append(again.skus, r.SKU), append(again.open, unsettled)
 				continue
 			case ok && !l.live && l.outstanding > 0:
 				// Expired with units out: they come back when the ledger
@@ -163,6 +178,13 @@ func LeaseStocks(ctx context.Context, db TxBeginner, node int, ttl time.Duration
 			// give back what they do not need (RenewLeases tells them).
 			up.starved = append(up.starved, st.pool < r.Want)
 			up.granting = append(up.granting, i)
+		}
+		if len(again.skus) > 0 {
+			if _, err := tx.Exec(ctx, `UPDATE stock_leases l SET unsettled = u.open
+				FROM sale_items s JOIN unnest($2::text[], $3::bigint[]) AS u(sku, open) ON u.sku = s.sku
+				WHERE l.node_id = $1 AND l.sku = s.sku AND l.sale_started_at = s.sale_started_at`, node, again.skus, again.open); err != nil {
+				return err
+			}
 		}
 		if len(up.skus) == 0 {
 			return nil
@@ -366,14 +388,18 @@ func ReclaimExpiredLeases(ctx context.Context, db TxBeginner, grace time.Duratio
 				return err
 			}
 			for node, l := range st.leases {
-				if l.live || !l.expiredFor || l.outstanding <= 0 {
+				if l.live || !l.expiredFor {
 					continue
 				}
+				// Marked reclaimed (updated after its expiry) even with
+				// nothing to give back: ExpiredLeaseSKUs lists it no more.
 				if _, err := tx.Exec(ctx, `UPDATE stock_leases SET returned = returned + $4, updated_at = now()
-					WHERE sku = $1 AND sale_started_at = $2 AND node_id = $3`, sku, st.startedAt, node, l.outstanding); err != nil {
+					WHERE sku = $1 AND sale_started_at = $2 AND node_id = $3`, sku, st.startedAt, node, max(0, l.outstanding)); err != nil {
 					return err
 				}
-				out = append(out, Reclaimed{SKU: sku, Node: node, Units: l.outstanding})
+				if l.outstanding > 0 {
+					out = append(out, Reclaimed{SKU: sku, Node: node, Units: l.outstanding})
+				}
 			}
 			return nil
 		})

@@ -261,3 +261,74 @@ func TestSoldOutByTheEdgesReports(t *testing.T) {
 	g, err = ledger.LeaseStock(ctx, pool, "LEASE-5", 2, 5, time.Minute, 5, 3)
 	want("node 2 asks with node 1 reporting more than it holds", g, err, 2, 1, 29, 24+3+2)
 }
+
+// A grant that committed but whose answer was lost stays open in the
+// ledger's eyes: the edge counts it in its reports until it hears the
+// answer, and when it asks again with the same number the answer counts it
+// in too. Another node never concludes sold out while those units may be
+// sold (it did, before either was done).
+func TestLostGrantAnswerKeepsItsUnitsOpen(t *testing.T) {
+	pool, _ := testenv.Ledger(t)
+	ctx := context.Background()
+	if _, err := ledger.PutSaleItem(ctx, pool, ledger.SaleItem{SKU: "LEASE-6", Stock: 30, PriceCents: 100}); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-6", 1, 20, time.Minute, 1, 0); err != nil || g.Units != 20 {
+		t.Fatalf("first grant: %+v, %v", g, err)
+	}
+	// Node 1 sold its 20 (acknowledged), asked for 10 more: committed, the
+	// answer lost. Its renewal reports the 10 it may have got.
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-6", 1, 10, time.Minute, 2, 0); err != nil || g.Units != 10 {
+		t.Fatalf("second grant: %+v, %v", g, err)
+	}
+	if _, err := ledger.RenewLeases(ctx, pool, 1, time.Minute, []ledger.Unsettled{{SKU: "LEASE-6", Units: 10}}); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-6", 2, 5, time.Minute, 1, 0); err != nil || g.Pool != 0 || g.Open != 10 {
+		t.Fatalf("node 2 asks: %+v, %v; want the pool empty with node 1's 10 units open", g, err)
+	}
+	// Node 1 asks again with the same number, reporting none of them (it
+	// does not know it has them): the answer counts them in.
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-6", 1, 10, time.Minute, 2, 0); err != nil || g.Units != 10 || g.Open != 10 {
+		t.Fatalf("node 1's retry: %+v, %v; want the same 10 units, open", g, err)
+	}
+	if g, err := ledger.LeaseStock(ctx, pool, "LEASE-6", 2, 5, time.Minute, 2, 0); err != nil || g.Open != 10 {
+		t.Fatalf("node 2 asks again: %+v, %v; want node 1's 10 units open", g, err)
+	}
+}
+
+// A lease that expired with everything sold is reclaimed once (nothing to
+// give back) and then no longer listed: edges do not wait for ingest every
+// few seconds for nothing after any edge stopped.
+func TestReclaimedLeaseIsListedOnce(t *testing.T) {
+	pool, _ := testenv.Ledger(t)
+	ctx := context.Background()
+	if _, err := ledger.PutSaleItem(ctx, pool, ledger.SaleItem{SKU: "LEASE-7", Stock: 30, PriceCents: 100}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ledger.LeaseStock(ctx, pool, "LEASE-7", 3, 10, time.Minute, 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	gen := orderid.MustNew(3, 0)
+	var os []order.Order
+	for i := 0; i < 10; i++ {
+		id := gen.Next()
+		os = append(os, order.Order{ID: id, UserID: fmt.Sprint("u", i), SKU: "LEASE-7", Qty: 1, PriceCents: 100, CreatedAt: orderid.Time(id)})
+	}
+	if _, err := ledger.InsertOrders(ctx, pool, os); err != nil {
+		t.Fatal(err)
+	}
+	if err := ledger.ExpireLeases(ctx, pool, 3); err != nil {
+		t.Fatal(err)
+	}
+	if skus, err := ledger.ExpiredLeaseSKUs(ctx, pool, 0); err != nil || len(skus) != 1 {
+		t.Fatalf("expired leases: %v, %v; want LEASE-7", skus, err)
+	}
+	if got, err := ledger.ReclaimExpiredLeases(ctx, pool, 0); err != nil || len(got) != 0 {
+		t.Fatalf("reclaimed %+v, %v; want nothing (all 10 units sold)", got, err)
+	}
+	if skus, err := ledger.ExpiredLeaseSKUs(ctx, pool, 0); err != nil || len(skus) != 0 {
+		t.Fatalf("expired leases after the reclaim: %v, %v; want none", skus, err)
+	}
+	checkPool(t, pool, "LEASE-7", 30, 20)
+}

@@ -35,8 +35,8 @@ type slot struct {
 	promise  func(*kgo.Record, error)
 	stream   *sseStream // an event stream holding this slot (GET /v1/orders/{id}/events)
 
-	parkNext    *slot // the next order parked for the same SKU (parked.go)
-	parkedUntil int64 // ns: a parked order is answered 503 then
+	parkNext *slot // the next order parked for the same SKU (parked.go)
+	parkedAt int64 // ns: when the order was parked
 }
 
 // connState is a connection's state; only its event loop touches it, except
@@ -145,6 +145,15 @@ func (cs *connState) flushReady() {
 			return
 		}
 	}
+}
+
+// setProblem makes a problem+json response the slot's answer (its body
+// built in sl.val, which the order no longer needs) and counts it.
+func (sl *slot) setProblem(status int, name, detail string, retryAfter int) {
+	responsesTotal[status].Inc()
+	h := respHeader{contentType: "application/problem+json", retryAfter: retryAfter, close: sl.close}
+	sl.val = appendProblem(sl.val[:0], status, name, detail)
+	sl.resp = appendResponse(sl.resp[:0], status, &h, sl.val)
 }
 
 // complete hands a pending slot back to the event loop.

@@ -197,9 +197,7 @@ func (s *Server) orderEvents(cs *connState, r *request, id int64, closeAfter boo
 	st := &sseStream{orderID: id, sl: sl}
 	if !s.events.add(st) {
 		sl.close = true
-		sl.resp = appendResponse(sl.resp[:0], 503, &respHeader{contentType: "application/problem+json", retryAfter: 1, close: true},
-			appendProblem(sl.val[:0], 503, probUnavailable, "too many event streams open; see -edge.maxEventStreams"))
-		responsesTotal[503].Inc()
+		sl.setProblem(503, probUnavailable, "too many event streams open; see -edge.maxEventStreams", 1)
 		sl.state.Store(slotReady)
 		return
 	}

@@ -324,6 +324,18 @@ func startProxy(t *testing.T, target string) *tcpProxy {
 	return p
 }
 
+// proxyLedger starts a proxy to the ledger at url and returns it with the
+// URL that goes through it.
+func proxyLedger(t *testing.T, raw string) (*tcpProxy, string) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, u.Host)
+	u.Host = p.l.Addr().String()
+	return p, u.String()
+}
+
 func (p *tcpProxy) Cut() {
 	p.cut.Store(true)
 	p.mu.Lock()
@@ -344,13 +356,8 @@ func TestCutOffEdgeStopsSellingItsLease(t *testing.T) {
 		if i != 1 {
 			return raw
 		}
-		u, err := url.Parse(raw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		proxy = startProxy(t, u.Host)
-		u.Host = proxy.l.Addr().String()
-		return u.String()
+		proxy, raw = proxyLedger(t, raw)
+		return raw
 	}})
 	const stock = 300
 	cut := edges[0]
@@ -482,13 +489,8 @@ func parkedWithoutLedger(t *testing.T, hole bool) {
 	var proxy *tcpProxy
 	edges, _ := startLeasingEdges(t, 1, 20*time.Second, leaseSetup{
 		ledgerURL: func(i int, raw string) string {
-			u, err := url.Parse(raw)
-			if err != nil {
-				t.Fatal(err)
-			}
-			proxy = startProxy(t, u.Host)
-			u.Host = proxy.l.Addr().String()
-			return u.String()
+			proxy, raw = proxyLedger(t, raw)
+			return raw
 		},
 		config: func(c *Config) { c.LeaseWait = 2 * time.Second },
 	})

@@ -264,9 +264,7 @@ func (sl *slot) onProduced(_ *kgo.Record, err error) {
 		sl.complete()
 		return
 	}
-	responsesTotal[503].Inc()
-	h := respHeader{contentType: "application/problem+json", retryAfter: 1, close: sl.close}
-	sl.resp = appendResponse(sl.resp[:0], 503, &h, appendProblem(sl.val[:0], 503, probUnavailable, "the order could not be handed to Kafka; retry with the same Idempotency-Key"))
+	sl.setProblem(503, probUnavailable, "the order could not be handed to Kafka; retry with the same Idempotency-Key", 1)
 	sl.complete()
 }
 

@@ -70,7 +70,7 @@ func (s *Server) mayPark() bool {
 // park hands the order in sl, admitted without units, to the lease manager.
 // It runs on the event loop; it never blocks.
 func (s *Server) park(sl *slot, nowNs int64) {
-	sl.parkedUntil = nowNs + int64(s.cfg.LeaseWait)
+	sl.parkedAt = nowNs
 	s.parked.Add(1)
 	ordersParkedTotal.Inc()
 	sl.item.parked.push(sl)
@@ -128,10 +128,10 @@ func (l *leaser) unpark(it *saleItem, sl *slot, nowNs int64) bool {
 	switch {
 	case s.draining.Load():
 		sl.close = true // as every order refused while draining: clients retry on another edge
-		s.answerParked(sl, 503, probUnavailable, "the edge is shutting down", 1, drainRefusedTotal)
+		s.answerParked(sl, nowNs, 503, probUnavailable, "the edge is shutting down", 1, drainRefusedTotal)
 		return true
 	case !it.active(nowNs):
-		s.answerParked(sl, 409, probSaleNotActive, "the sale of this sku closed while the order waited for stock", 0, ordersInactiveTotal)
+		s.answerParked(sl, nowNs, 409, probSaleNotActive, "the sale of this sku closed while the order waited for stock", 0, ordersInactiveTotal)
 		return true
 	}
 	epoch := it.leaseEpoch.Load()
@@ -140,13 +140,13 @@ func (l *leaser) unpark(it *saleItem, sl *slot, nowNs int64) bool {
 			var d decision // no key in it: answerParked frees the key, once
 			if r := s.reservePurchase(&d, sl.user, sl.sku, sl.qty, limit); r.status != 0 {
 				it.putBack(sl.shard, sl.qty, epoch, true)
-				s.answerParked(sl, r.status, r.problem, r.detail, r.retryAfter, r.counter)
+				s.answerParked(sl, nowNs, r.status, r.problem, r.detail, r.retryAfter, r.counter)
 				return true
 			}
 			sl.purchase = d.purchase
 		}
 		sl.epoch = epoch
-		parkedWait.Update(float64(nowNs-(sl.parkedUntil-int64(s.cfg.LeaseWait))) / 1e9)
+		parkedWait.Update(float64(nowNs-sl.parkedAt) / 1e9)
 		s.produces.Add(1) // before parked drops: a drain sees no gap
 		s.parked.Add(-1)
 		s.prod.TryProduce(context.Background(), &sl.rec, sl.promise)
@@ -154,9 +154,9 @@ func (l *leaser) unpark(it *saleItem, sl *slot, nowNs int64) bool {
 	}
 	switch {
 	case it.poolEmpty.Load():
-		s.answerParked(sl, 409, probSoldOut, "no stock left for this sku", 0, ordersSoldOutTotal)
-	case nowNs >= sl.parkedUntil:
-		s.answerParked(sl, 503, probUnavailable, "this edge is leasing more stock of this sku from the ledger; retry after Retry-After seconds", 1, leaseWaitTotal)
+		s.answerParked(sl, nowNs, 409, probSoldOut, "no stock left for this sku", 0, ordersSoldOutTotal)
+	case nowNs-sl.parkedAt >= int64(s.cfg.LeaseWait):
+		s.answerParked(sl, nowNs, 503, probUnavailable, "this edge is leasing more stock of this sku from the ledger; retry after Retry-After seconds", 1, leaseWaitTotal)
 	default:
 		return false
 	}
@@ -164,13 +164,11 @@ func (l *leaser) unpark(it *saleItem, sl *slot, nowNs int64) bool {
 }
 
 // answerParked refuses the parked order in sl: its key is free for a retry.
-func (s *Server) answerParked(sl *slot, status int, problem, detail string, retryAfter int, c *metrics.Counter) {
-	parkedWait.Update(float64(time.Now().UnixNano()-(sl.parkedUntil-int64(s.cfg.LeaseWait))) / 1e9)
+func (s *Server) answerParked(sl *slot, nowNs int64, status int, problem, detail string, retryAfter int, c *metrics.Counter) {
+	parkedWait.Update(float64(nowNs-sl.parkedAt) / 1e9)
 	s.abandonIdem(sl.idemK)
 	c.Inc()
-	responsesTotal[status].Inc()
-	h := respHeader{contentType: "application/problem+json", retryAfter: retryAfter, close: sl.close}
-	sl.resp = appendResponse(sl.resp[:0], status, &h, appendProblem(sl.val[:0], status, problem, detail))
+	sl.setProblem(status, problem, detail, retryAfter)
 	s.parked.Add(-1)
 	sl.complete()
 }

@@ -307,12 +307,21 @@ func (it *saleItem) putBack(shard int, qty, epoch int64, leased bool) {
 		it.giveBack(shard, qty)
 		return
 	}
+	addUnder(&it.returned, epoch, qty)
+}
+
+// epochWord is a word of lease epoch e holding no units.
+func epochWord(e int64) uint64 { return (uint64(e) & epochMask) << epochShift }
+
+// addUnder adds qty units to w if it holds lease epoch's units; a word of
+// another epoch is left alone (atomically: a new epoch may start meanwhile).
+func addUnder(w *atomic.Uint64, epoch, qty int64) {
 	for {
-		w := it.returned.Load()
-		if w>>epochShift != uint64(epoch)&epochMask {
+		old := w.Load()
+		if old&^unitsMask != epochWord(epoch) {
 			return
 		}
-		if it.returned.CompareAndSwap(w, w+uint64(qty)) {
+		if w.CompareAndSwap(old, old+uint64(qty)) {
 			return
 		}
 	}
@@ -336,17 +345,7 @@ func (it *saleItem) foldReturned() {
 
 // countAcked counts qty units of an order taken under lease epoch that
 // Kafka acknowledged; an order of an earlier epoch does not count.
-func (it *saleItem) countAcked(epoch, qty int64) {
-	for {
-		w := it.acked.Load()
-		if w>>epochShift != uint64(epoch)&epochMask {
-			return
-		}
-		if it.acked.CompareAndSwap(w, w+uint64(qty)) {
-			return
-		}
-	}
-}
+func (it *saleItem) countAcked(epoch, qty int64) { addUnder(&it.acked, epoch, qty) }
 
 // newLeaseEpoch starts a lease epoch: the units of orders taken before it
 // are the ledger's to account for. It returns the units given back under
@@ -354,8 +353,8 @@ func (it *saleItem) countAcked(epoch, qty int64) {
 // stripes are drained.
 func (it *saleItem) newLeaseEpoch() int64 {
 	e := it.leaseEpoch.Add(1)
-	it.acked.Store((uint64(e) & epochMask) << epochShift)
-	return int64(it.returned.Swap((uint64(e)&epochMask)<<epochShift) & unitsMask)
+	it.acked.Store(epochWord(e))
+	return int64(it.returned.Swap(epochWord(e)) & unitsMask)
 }
 
 // openUnits is an upper bound of the leased units whose fate is open: in

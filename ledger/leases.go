@@ -104,7 +104,6 @@ func LeaseStocks(ctx context.Context, db TxBeginner, node int, ttl time.Duration
 		return grants, nil
 	}
 	err := pgx.BeginTxFunc(ctx, db, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		clear(grants) // a retried transaction starts again
 		skus := make([]string, len(reqs))
 		seen := make(map[string]bool, len(reqs))
 		for i, r := range reqs {
@@ -267,10 +266,7 @@ func ReportUnsettled(ctx context.Context, q Querier, node int, reports []Unsettl
 	if len(reports) == 0 {
 		return nil
 	}
-	skus, units := make([]string, len(reports)), make([]int64, len(reports))
-	for i, u := range reports {
-		skus[i], units[i] = u.SKU, max(0, u.Units)
-	}
+	skus, units := unsettledColumns(reports)
 	rows, err := q.Query(ctx, `UPDATE stock_leases l SET unsettled = u.units
 		FROM sale_items s JOIN unnest($2::text[], $3::bigint[]) AS u(sku, units) ON u.sku = s.sku
 		WHERE l.node_id = $1 AND l.sku = s.sku AND l.sale_started_at = s.sale_started_at AND l.expires_at > now()`, node, skus, units)
@@ -297,6 +293,16 @@ func StarvingSKUs(ctx context.Context, q Querier, node int) ([]string, error) {
 	return skus, nil
 }
 
+// unsettledColumns turns reports into the SKU and units arrays the
+// statements unnest (a report is never below 0).
+func unsettledColumns(reports []Unsettled) ([]string, []int64) {
+	skus, units := make([]string, len(reports)), make([]int64, len(reports))
+	for i, u := range reports {
+		skus[i], units[i] = u.SKU, max(0, u.Units)
+	}
+	return skus, units
+}
+
 // Renewal is what RenewLeases found.
 type Renewal struct {
 	Lost     []string // SKUs whose lease had expired: stop selling their units
@@ -313,10 +319,7 @@ type Unsettled struct {
 // reports of their open units (leases not in reports keep theirs).
 func RenewLeases(ctx context.Context, q Querier, node int, ttl time.Duration, reports []Unsettled) (Renewal, error) {
 	var r Renewal
-	skus, units := make([]string, len(reports)), make([]int64, len(reports))
-	for i, u := range reports {
-		skus[i], units[i] = u.SKU, max(0, u.Units)
-	}
+	skus, units := unsettledColumns(reports)
 	rows, err := q.Query(ctx, `WITH renewed AS (
 			UPDATE stock_leases l SET expires_at = now() + $2::interval, unsettled = COALESCE(u.units, l.unsettled)
 			FROM sale_items s LEFT JOIN unnest($3::text[], $4::bigint[]) AS u(sku, units) ON u.sku = s.sku

@@ -72,12 +72,7 @@ func TestLeasesNeverGrantAUnitTwice(t *testing.T) {
 	if seller < 0 {
 		t.Fatalf("no node holds 5 units: %v", p.Outstanding)
 	}
-	gen := orderid.MustNew(seller, 0)
-	var os []order.Order
-	for i := 0; i < 3; i++ {
-		id := gen.Next()
-		os = append(os, order.Order{ID: id, UserID: fmt.Sprint("u", i), SKU: "LEASE-1", Qty: 1, PriceCents: 100, CreatedAt: orderid.Time(id)})
-	}
+	os := nodeOrders(seller, "LEASE-1", "u", 3)
 	if item.SaleStartedAt.After(os[0].CreatedAt) {
 		t.Fatalf("order dated %v before the sale's start %v", os[0].CreatedAt, item.SaleStartedAt)
 	}
@@ -172,12 +167,7 @@ func TestLeaseOpsApplyOnceAndSoldBase(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Node 9 sold 60 units before leases were on.
-	gen := orderid.MustNew(9, 0)
-	var os []order.Order
-	for i := 0; i < 60; i++ {
-		id := gen.Next()
-		os = append(os, order.Order{ID: id, UserID: fmt.Sprint("pre", i), SKU: "LEASE-3", Qty: 1, PriceCents: 100, CreatedAt: orderid.Time(id)})
-	}
+	os := nodeOrders(9, "LEASE-3", "pre", 60)
 	if _, err := ledger.InsertOrders(ctx, pool, os); err != nil {
 		t.Fatal(err)
 	}
@@ -309,12 +299,7 @@ func TestReclaimedLeaseIsListedOnce(t *testing.T) {
 	if _, err := ledger.LeaseStock(ctx, pool, "LEASE-7", 3, 10, time.Minute, 1, 0); err != nil {
 		t.Fatal(err)
 	}
-	gen := orderid.MustNew(3, 0)
-	var os []order.Order
-	for i := 0; i < 10; i++ {
-		id := gen.Next()
-		os = append(os, order.Order{ID: id, UserID: fmt.Sprint("u", i), SKU: "LEASE-7", Qty: 1, PriceCents: 100, CreatedAt: orderid.Time(id)})
-	}
+	os := nodeOrders(3, "LEASE-7", "u", 10)
 	if _, err := ledger.InsertOrders(ctx, pool, os); err != nil {
 		t.Fatal(err)
 	}
@@ -331,4 +316,16 @@ func TestReclaimedLeaseIsListedOnce(t *testing.T) {
 		t.Fatalf("expired leases after the reclaim: %v, %v; want none", skus, err)
 	}
 	checkPool(t, pool, "LEASE-7", 30, 20)
+}
+
+// nodeOrders makes n one-unit orders of sku with ids of node (as its edge
+// would), for users prefix0, prefix1, ...
+func nodeOrders(node int, sku, prefix string, n int) []order.Order {
+	gen := orderid.MustNew(node, 0)
+	os := make([]order.Order, n)
+	for i := range os {
+		id := gen.Next()
+		os[i] = order.Order{ID: id, UserID: fmt.Sprint(prefix, i), SKU: sku, Qty: 1, PriceCents: 100, CreatedAt: orderid.Time(id)}
+	}
+	return os
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/flashgate/flashgate/lib/broker"
 	"github.com/flashgate/flashgate/lib/payment"
 )
 
@@ -73,6 +74,7 @@ type Config struct {
 	// Kafka hand-off.
 	ProduceLinger      time.Duration // batching delay of the producer
 	ProduceBatchBytes  int           // largest produce batch per partition
+	ProduceCompressMin int           // batches smaller than this go to Kafka uncompressed
 	MaxBufferedRecords int           // past it new orders get 503 at once
 	MaxBufferedBytes   int           // the same in record bytes
 	DeliveryTimeout    time.Duration // a produce not acked by then is "unknown"
@@ -137,9 +139,10 @@ func DefaultConfig() Config {
 		HeaderReadTimeout:   10 * time.Second,
 		IdleTimeout:         60 * time.Second,
 		MaxSKUs:             100_000,
-		PurchaseSlots:       1 << 20,  // 24 MiB; room for ~800K buyers of limited SKUs
-		ProduceLinger:       0,        // measured: batches fill while a produce is in flight; linger only adds latency (tuning.md)
-		ProduceBatchBytes:   1 << 20,  // franz-go's default; ~5K orders at the usual ~200 bytes
+		PurchaseSlots:       1 << 20, // 24 MiB; room for ~800K buyers of limited SKUs
+		ProduceLinger:       0,       // measured: batches fill while a produce is in flight; linger only adds latency (tuning.md)
+		ProduceBatchBytes:   1 << 20, // franz-go's default; ~5K orders at the usual ~200 bytes
+		ProduceCompressMin:  broker.CompressMin,
 		MaxBufferedRecords:  100_000,  // ~1 s of orders at full speed
 		MaxBufferedBytes:    64 << 20, // 100K orders of up to ~650 bytes
 		DeliveryTimeout:     5 * time.Second,
@@ -189,6 +192,7 @@ func init() {
 	flag.IntVar(&flagConfig.MaxBufferedRecords, "edge.maxBufferedRecords", flagConfig.MaxBufferedRecords, "orders waiting for a Kafka ack; past it new orders get 503 at once")
 	flag.DurationVar(&flagConfig.DeliveryTimeout, "edge.deliveryTimeout", flagConfig.DeliveryTimeout, "an order not acked by Kafka by then is answered 503 and reconciled later")
 	flag.IntVar(&flagConfig.ProduceBatchBytes, "edge.produceBatchBytes", flagConfig.ProduceBatchBytes, "largest Kafka produce batch per partition, in bytes (at most the topic's max.message.bytes)")
+	flag.IntVar(&flagConfig.ProduceCompressMin, "edge.produceCompressMin", flagConfig.ProduceCompressMin, "Kafka produce batches of fewer bytes go uncompressed, larger ones zstd (0: compress all)")
 	flag.IntVar(&flagConfig.MaxBufferedBytes, "edge.maxBufferedBytes", flagConfig.MaxBufferedBytes, "record bytes waiting for a Kafka ack; past it new orders get 503")
 	flag.IntVar(&flagConfig.BreakerFailures, "edge.breakerFailures", flagConfig.BreakerFailures, "Kafka produce failures in a row that open the circuit breaker (orders get 503 at once while it is open)")
 	flag.DurationVar(&flagConfig.BreakerStall, "edge.breakerStall", flagConfig.BreakerStall, "time without any produce completing, while orders wait for acks, that opens the circuit breaker")

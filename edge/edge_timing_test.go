@@ -217,7 +217,7 @@ func runOrderLoad(b *testing.B, addr string) {
 // atomic stock counter and a synchronous produce per request.
 func startNetHTTPPeer(b *testing.B, addr, brokerAddr string) func() {
 	prod, err := kgo.NewClient(kgo.SeedBrokers(brokerAddr), kgo.DefaultProduceTopic(broker.TopicOrderCreated),
-		kgo.RequiredAcks(kgo.AllISRAcks()), kgo.ProducerBatchCompression(kgo.ZstdCompression()), kgo.ProducerLinger(DefaultConfig().ProduceLinger))
+		kgo.RequiredAcks(kgo.AllISRAcks()), broker.Compression(DefaultConfig().ProduceCompressMin), kgo.ProducerLinger(DefaultConfig().ProduceLinger))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -136,7 +136,7 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 		kgo.DefaultProduceTopic(broker.TopicOrderCreated),
 		// A 202 means the record is on every in-sync replica.
 		kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.ProducerBatchCompression(kgo.ZstdCompression(), kgo.NoCompression()),
+		broker.Compression(cfg.ProduceCompressMin),
 		kgo.ProducerLinger(cfg.ProduceLinger),
 		kgo.MaxBufferedRecords(cfg.MaxBufferedRecords),
 		kgo.MaxBufferedBytes(cfg.MaxBufferedBytes),

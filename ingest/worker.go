@@ -97,7 +97,7 @@ func (s *Service) relay(ctx context.Context) {
 	cl, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(s.cfg.Brokers...),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.ProducerBatchCompression(kgo.ZstdCompression(), kgo.NoCompression()),
+		broker.Compression(broker.CompressMin),
 	}, s.cfg.KafkaOpts...)...)
 	if err != nil {
 		slog.Error("ingest: no client for the outbox relay; order events and stock releases are not published", "err", err)

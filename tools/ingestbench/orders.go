@@ -63,7 +63,7 @@ func newProducer(addr string) (*kgo.Client, error) {
 		kgo.SeedBrokers(addr),
 		kgo.DefaultProduceTopic(broker.TopicOrderCreated),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.ProducerBatchCompression(kgo.ZstdCompression(), kgo.NoCompression()),
+		broker.Compression(broker.CompressMin),
 		kgo.ProducerLinger(0),
 		kgo.MaxBufferedRecords(200_000),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),

@@ -192,18 +192,24 @@ func runDev(ctx context.Context, o devOptions, ready func(devEnv)) (err error) {
 	stops = append(stops, pool.Close)
 
 	o.Ingest.Brokers, o.Ingest.KafkaOpts = brokers, kafkaOpts
-	ing, err := ingest.Start(o.Ingest, pool)
-	if err != nil {
-		return err
-	}
-	stops = append(stops, func() {
-		// Let ingest take what the edge accepted last, so the ledger is
-		// complete on exit (it would be on the next start anyway).
-		if err := ingest.WaitCaughtUp(context.Background(), adm, o.Ingest.Group, 10*time.Second); err != nil {
-			slog.Warn("dev: ingest did not catch up before stopping; the rest is taken on the next start", "err", err)
+	if o.Ingest.Workers == 0 {
+		// Ingest runs elsewhere (`flashgate ingest` with dev.env's
+		// DATABASE_URL and KAFKA_BROKERS), e.g. on other cores.
+		slog.Info("dev: no ingest workers in this process (-ingest.workers 0); orders stay in Kafka until a `flashgate ingest` takes them")
+	} else {
+		ing, err := ingest.Start(o.Ingest, pool)
+		if err != nil {
+			return err
 		}
-		ing.Stop()
-	})
+		stops = append(stops, func() {
+			// Let ingest take what the edge accepted last, so the ledger is
+			// complete on exit (it would be on the next start anyway).
+			if err := ingest.WaitCaughtUp(context.Background(), adm, o.Ingest.Group, 10*time.Second); err != nil {
+				slog.Warn("dev: ingest did not catch up before stopping; the rest is taken on the next start", "err", err)
+			}
+			ing.Stop()
+		})
+	}
 
 	expCtx, stopExpirer := context.WithCancel(ctx)
 	expDone := make(chan struct{})

@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
-# Orders end to end: the whole dev stack (edge, embedded Kafka with a sync per
-# batch unless EDGE_ARGS has -kafka.syncWrites=false, ingest, PostgreSQL) pinned to CPU 0, the edge with one event loop and
-# the Kafka hand-off on (a 202 only after the broker's ack), against nginx
-# answering the same requests with a fixed 202 on the same CPU; load from CPU 1.
+# Orders end to end: HTTP -> admission -> Kafka (acks=all, a 202 only after the
+# broker's ack), against nginx answering the same requests with a fixed 202
+# with one worker on CPU 0; load from CPU 1. Two layouts (LAYOUT=):
+#
+#  handoff (default; issue 5's "admit + produce + ack against the embedded
+#      broker"): the edge (one event loop) and the embedded broker in one
+#      `flashgate dev -ingest.workers 0` on CPU 0; a separate `flashgate
+#      ingest` and the dev PostgreSQL on CPU 1, beside the load generator
+#      (which they slow: the edge pays for it, nginx does not). Every
+#      accepted order is still written to PostgreSQL (the script waits for
+#      it after each run).
+#      Ingest is paused (SIGSTOP) while the edge is measured and resumed
+#      after: running, it and PostgreSQL took half of CPU 1 from the load
+#      generator (autogroups make nice useless), which then left CPU 0 20%
+#      idle. The script waits for every accepted order to be in PostgreSQL
+#      after each run and prints how long that took.
+#  stack: the whole dev stack (edge, broker, ingest, PostgreSQL) on CPU 0:
+#      what one core does for everything.
 #
 #  (a) closed loop, maximum throughput: wrk -t1 -c64 with the POST /v1/orders
 #      requests of bench/http.sh (100K rotating users, prebuilt in wrk's
@@ -18,7 +32,8 @@
 # is shared and single runs vary by +-15%.
 #
 #   bash bench/e2e.sh [seconds per run, default 10] [rounds, default 3]
-#   PROFILE=edge.pprof bash bench/e2e.sh   # also a CPU profile of the stack during (b)
+#   LAYOUT=stack bash bench/e2e.sh          # everything on CPU 0
+#   PROFILE=edge.pprof bash bench/e2e.sh    # also a CPU profile of flashgate dev during (b)
 #   EDGE_ARGS='-edge.produceLinger 2ms' bash bench/e2e.sh   # extra flags for flashgate dev
 #   EDGE_ARGS='-kafka.syncWrites=false' bash bench/e2e.sh   # broker log in the page cache, as Kafka's default
 set -euo pipefail
@@ -28,6 +43,8 @@ ROUNDS=${2:-3}
 CONNS=64
 USERS=100000
 PROFILE=${PROFILE:-}
+LAYOUT=${LAYOUT:-handoff}
+case $LAYOUT in handoff|stack) ;; *) echo "e2e.sh: LAYOUT must be handoff or stack, not $LAYOUT" >&2; exit 2 ;; esac
 read -ra EXTRA <<<"${EDGE_ARGS:-}"
 
 . bench/lib.sh
@@ -36,18 +53,35 @@ make_work
 EDGE_PORT=$(port); NGINX_PORT=$(port); ADMIN_PORT=$(port); KAFKA_PORT=$(port)
 start_nginx "$NGINX_PORT"
 
-# The whole dev stack on CPU 0 (its child PostgreSQL inherits the pinning),
-# with the Kafka hand-off; one event loop; wrk and openloop come from one IP,
-# so the per-IP limit is off (the per-user limits stay: 100K users are each far
-# below theirs).
+# flashgate dev on CPU 0 (its child PostgreSQL inherits the pinning), with
+# the Kafka hand-off and one event loop; wrk and openloop come from one IP,
+# so the per-IP limit is off (the per-user limits stay: 100K users are each
+# far below theirs).
 make -s build
 go build -o "$work/openloop" ./tools/openloop
+INGEST_ARGS=(); [ "$LAYOUT" = handoff ] && INGEST_ARGS=(-ingest.workers 0)
 taskset -c 0 ./bin/flashgate dev --data-dir "$work/dev" --edge-addr "127.0.0.1:$EDGE_PORT" \
   --admin-addr "127.0.0.1:$ADMIN_PORT" --kafka-addr "127.0.0.1:$KAFKA_PORT" -edge.loops 1 -log.level error \
-  -edge.ratePerIP 0 ${EXTRA[@]+"${EXTRA[@]}"} > "$work/dev.log" 2>&1 &
+  -edge.ratePerIP 0 "${INGEST_ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"} > "$work/dev.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 300); do curl -sf "http://127.0.0.1:$EDGE_PORT/healthz" >/dev/null && break; sleep 0.2; done
+for _ in $(seq 300); do [ -s "$work/dev/dev.env" ] && curl -sf "http://127.0.0.1:$EDGE_PORT/healthz" >/dev/null && break; sleep 0.2; done
 curl -sf "http://127.0.0.1:$EDGE_PORT/healthz" >/dev/null || { echo "the dev stack did not start:"; cat "$work/dev.log"; exit 1; }
+INGEST_METRICS="http://127.0.0.1:$ADMIN_PORT/metrics"
+INGEST_PID=
+if [ "$LAYOUT" = handoff ]; then
+  # PostgreSQL to CPU 1 (new backends fork from the postmaster and follow
+  # it), and ingest as its own process there.
+  pm=$(head -1 "$work/dev/pg/postmaster.pid")
+  for p in "$pm" $(pgrep -P "$pm"); do taskset -pc 1 "$p" >/dev/null; done
+  INGEST_ADMIN=$(port)
+  ( . "$work/dev/dev.env"
+    exec taskset -c 1 ./bin/flashgate ingest --kafka-brokers "$KAFKA_BROKERS" --database-url "$DATABASE_URL" \
+      -ingest.adminAddr "127.0.0.1:$INGEST_ADMIN" -log.level error ) > "$work/ingest.log" 2>&1 &
+  INGEST_PID=$!; pids+=($!)
+  INGEST_METRICS="http://127.0.0.1:$INGEST_ADMIN/metrics"
+  for _ in $(seq 100); do curl -sf "$INGEST_METRICS" >/dev/null && break; sleep 0.2; done
+  curl -sf "$INGEST_METRICS" >/dev/null || { echo "flashgate ingest did not start:"; cat "$work/ingest.log"; exit 1; }
+fi
 
 curl -sf -X PUT "http://127.0.0.1:$ADMIN_PORT/admin/v1/skus/BENCH" -d '{"stock": 1000000000000, "price_cents": 100, "per_user_limit": 0}' >/dev/null
 # One order through the real path before measuring: a 202 means Kafka acked.
@@ -71,14 +105,17 @@ closed() {
 }
 
 # settle: waits until ingest has written every order the edge accepted (at
-# most 120 s), so that no run pays for the previous one's backlog: ingest,
-# the broker and PostgreSQL share CPU 0 with the edge. Prints the seconds.
-metric() { curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v m="$1" '$1==m {print $2}'; }
+# most 120 s), so that no run pays for the previous one's backlog (ingest and
+# PostgreSQL share a CPU with the edge or the load generator). Prints the
+# seconds.
+metric() { curl -sf "$1" | awk -v m="$2" '$1==m {print $2}'; }
+pause_ingest() { [ -z "$INGEST_PID" ] || kill -STOP "$INGEST_PID"; }
+resume_ingest() { [ -z "$INGEST_PID" ] || kill -CONT "$INGEST_PID"; }
 settle() {
   local t0 a i
   t0=$(date +%s.%N)
   for _ in $(seq 1200); do
-    a=$(metric flashgate_edge_orders_accepted_total); i=$(metric flashgate_ingest_rows_total)
+    a=$(metric "http://127.0.0.1:$ADMIN_PORT/metrics" flashgate_edge_orders_accepted_total); i=$(metric "$INGEST_METRICS" flashgate_ingest_rows_total)
     [ -n "$a" ] && [ -n "$i" ] && awk -v a="$a" -v i="$i" 'BEGIN {exit !(i >= a)}' && break
     sleep 0.1
   done
@@ -93,8 +130,9 @@ settle >/dev/null
 for r in $(seq "$ROUNDS"); do
   for srv in edge nginx; do
     p=$EDGE_PORT; [ $srv = nginx ] && p=$NGINX_PORT
+    [ $srv = edge ] && pause_ingest
     res=$(closed "$p")
-    lag=""; [ $srv = edge ] && lag=$(settle)
+    lag=""; [ $srv = edge ] && { resume_ingest; lag=$(settle); }
     echo "$res" >> "$work/$srv.closed"
     printf "%-10s %-6s %14s %10s %10s %16s\n" "$r" "$srv" $res "$lag"
   done
@@ -130,7 +168,9 @@ if [ -n "$PROFILE" ]; then
   (sleep 2; curl -sf -o "$PROFILE" "http://127.0.0.1:$ADMIN_PORT/debug/pprof/profile?seconds=$((SECS > 1 ? SECS - 1 : 1))") &
   prof_pid=$!
 fi
+pause_ingest
 open_run "$EDGE_PORT" "$RATE"
+resume_ingest
 OPEN_LAG=$(settle)
 [ -n "$PROFILE" ] && { wait "$prof_pid" || echo "profile failed" >&2; }
 open_run "$NGINX_PORT" "$RATE"
@@ -146,8 +186,13 @@ fi
 echo
 printf "%-28s %14s %14s %8s %12s %12s\n" "closed loop (medians)" "edge 202s/s" "nginx 202s/s" ratio "edge p99µs" "nginx p99µs"
 printf "%-28s %14.0f %14.0f %7sx %12s %12s\n" "POST /v1/orders" "$E_MAX" "$N_MAX" "$RATIO" "$E_P99" "$N_P99"
-echo "(medians of $ROUNDS runs of ${SECS}s; wrk -t1 -c$CONNS on CPU 1; the dev stack (edge with one event loop, embedded"
-echo " Kafka (a sync per batch unless -kafka.syncWrites=false below), ingest, PostgreSQL) or nginx on CPU 0; the edge answers 202 after Kafka's ack;"
+echo "(medians of $ROUNDS runs of ${SECS}s; wrk -t1 -c$CONNS on CPU 1; nginx on CPU 0; the edge (one event loop) answers 202 after the"
+echo " embedded Kafka's ack (a sync per batch unless -kafka.syncWrites=false below);"
+if [ "$LAYOUT" = handoff ]; then
+  echo " layout handoff: edge and broker on CPU 0; ingest and PostgreSQL on CPU 1, ingest paused while the edge is measured;"
+else
+  echo " layout stack: edge, broker, ingest and PostgreSQL all on CPU 0;"
+fi
 echo " open-loop latency is from each request's intended send time, so queueing behind a slow response counts)"
 [ ${#EXTRA[@]} -gt 0 ] && echo " flashgate dev with: ${EXTRA[*]}"
 echo
@@ -158,7 +203,8 @@ P99_MS=$(awk -v p="$O_P99" 'BEGIN {printf "%.2f", p/1000}')
 echo "check: edge >= 0.5x nginx (closed loop, 202s/s): ${RATIO}x $V_RATIO"
 echo "check: p99 < 5 ms at half the edge's maximum ($RATE req/s): $P99_MS ms $V_P99"
 MODE="synced broker"; [[ " ${EXTRA[*]:-} " == *"syncWrites=false"* ]] && MODE="page-cache broker"
+[ "$LAYOUT" = stack ] && MODE="$MODE, whole stack on one core"
 table_row "orders end to end 202s/s ($MODE)" "$(printf %.0f "$E_MAX")" "nginx return 202" "$(printf %.0f "$N_MAX")" "${RATIO}x" ">= 0.5x" "$V_RATIO"
 table_row "orders p99 ms at $RATE/s open loop ($MODE)" "$P99_MS" "-" "-" "-" "< 5 ms" "$V_P99"
-[ -n "$PROFILE" ] && echo "CPU profile of the dev stack during (b): $PROFILE (go tool pprof -top bin/flashgate $PROFILE)"
+[ -n "$PROFILE" ] && echo "CPU profile of flashgate dev during (b): $PROFILE (go tool pprof -top bin/flashgate $PROFILE)"
 exit 0

@@ -4,6 +4,7 @@ import (
 	"strconv"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // responsesTotal counts responses by status code, indexed by the code so the
@@ -41,6 +42,10 @@ var (
 	produceUnknownTotal     = metrics.NewCounter(`flashgate_edge_produce_errors_total{outcome="unknown"}`)
 	shedBufferTotal         = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="kafka-buffer-full"}`)
 	shedBreakerTotal        = metrics.NewCounter(`flashgate_edge_orders_rejected_total{reason="kafka-breaker-open"}`)
+	produceBatchesTotal     = metrics.NewCounter(`flashgate_edge_produce_batches_total`)                  // partition batches Kafka acked
+	produceBatchRecords     = metrics.NewHistogram(`flashgate_edge_produce_batch_records`)                // orders per acked batch
+	produceRawBytesTotal    = metrics.NewCounter(`flashgate_edge_produce_batch_bytes_total{form="raw"}`)  // record bytes of the acked batches
+	produceSentBytesTotal   = metrics.NewCounter(`flashgate_edge_produce_batch_bytes_total{form="sent"}`) // the same as sent (compressed or not)
 	breakerOpensTotal       = metrics.NewCounter(`flashgate_edge_breaker_opens_total`)
 	breakerProbesTotal      = metrics.NewCounter(`flashgate_edge_breaker_probes_total`)
 	unknownPending          = metrics.NewGauge(`flashgate_edge_unknown_orders`, nil)
@@ -69,3 +74,13 @@ var (
 	idleClosesTotal         = metrics.NewCounter(`flashgate_edge_idle_closes_total`)
 	inboundClosesTotal      = metrics.NewCounter(`flashgate_edge_inbound_overflow_closes_total`)
 )
+
+// batchMetrics is the producer's hook counting the batches Kafka acked.
+type batchMetrics struct{}
+
+func (batchMetrics) OnProduceBatchWritten(_ kgo.BrokerMetadata, _ string, _ int32, m kgo.ProduceBatchMetrics) {
+	produceBatchesTotal.Inc()
+	produceBatchRecords.Update(float64(m.NumRecords))
+	produceRawBytesTotal.Add(m.UncompressedBytes)
+	produceSentBytesTotal.Add(m.CompressedBytes)
+}

@@ -158,6 +158,7 @@ func New(cfg Config, pool *pgxpool.Pool) (*Server, error) {
 		// with it, such records fail at the delivery timeout instead of 5 s.
 		kgo.MetadataMinAge(cfg.DeliveryTimeout / 4),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), // keyed by user id
+		kgo.WithHooks(batchMetrics{}),
 	}, cfg.KafkaOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("edge: kafka producer: %w", err)

@@ -61,7 +61,7 @@ func DefaultConfig() Config {
 var flagConfig = DefaultConfig()
 
 func init() {
-	flag.IntVar(&flagConfig.Workers, "ingest.workers", flagConfig.Workers, "consumer workers per process; more than the partitions of order.created do nothing")
+	flag.IntVar(&flagConfig.Workers, "ingest.workers", flagConfig.Workers, "consumer workers per process; more than the partitions of order.created do nothing; flashgate dev: 0 runs none (run flashgate ingest with dev.env instead)")
 	flag.IntVar(&flagConfig.BatchRows, "ingest.batchRows", flagConfig.BatchRows, "maximum rows per COPY batch; raise for throughput, lower for latency")
 	flag.IntVar(&flagConfig.BatchBytes, "ingest.batchBytes", flagConfig.BatchBytes, "maximum record bytes per COPY batch")
 	flag.DurationVar(&flagConfig.BatchAge, "ingest.batchAge", flagConfig.BatchAge, "how long a batch waits for more rows after its first before it is written")

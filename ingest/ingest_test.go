@@ -200,3 +200,31 @@ func TestBatchesCloseOnRowsAndAge(t *testing.T) {
 		t.Fatalf("ledger has %d rows (%d distinct), want %d", rows, distinct, len(os))
 	}
 }
+
+// TestLagOfAGroupThatNeverCommitted: before any worker of the group ran, the
+// lag is every record of the topic (0 on an empty one), not an error: an edge
+// whose ingest runs in another process starts on it.
+func TestLagOfAGroupThatNeverCommitted(t *testing.T) {
+	b, err := broker.StartEmbedded("127.0.0.1:0", "", 2, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	adm, err := broker.NewAdmin([]string{b.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if lag, err := ingest.Lag(ctx, adm, "never-ran"); err != nil || lag != 0 {
+		t.Fatalf("empty topic: lag %d, %v; want 0", lag, err)
+	}
+	if err := ingest.WaitCaughtUp(ctx, adm, "never-ran", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	produce(t, adm, mkOrders(5))
+	if lag, err := ingest.Lag(ctx, adm, "never-ran"); err != nil || lag != 5 {
+		t.Fatalf("5 records: lag %d, %v; want 5", lag, err)
+	}
+}

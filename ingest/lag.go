@@ -2,10 +2,12 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/flashgate/flashgate/lib/broker"
@@ -27,6 +29,11 @@ func Lag(ctx context.Context, cl *kgo.Client, group string) (int64, error) {
 		return 0, err
 	}
 	committed, err := adm.FetchOffsets(ctx, group)
+	if errors.Is(err, kerr.GroupIDNotFound) {
+		// No worker of the group ever committed (kfake says so; Kafka
+		// answers with no offsets): the lag is the whole topic.
+		committed, err = nil, nil
+	}
 	if err != nil {
 		return 0, err
 	}

@@ -138,6 +138,10 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 echo "(ingest lag: how long ingest took after the run to write the orders the edge had accepted)"
+BATCHES=$(metric "http://127.0.0.1:$ADMIN_PORT/metrics" flashgate_edge_produce_batches_total)
+ACCEPTED=$(metric "http://127.0.0.1:$ADMIN_PORT/metrics" flashgate_edge_orders_accepted_total)
+awk -v a="$ACCEPTED" -v b="$BATCHES" 'BEGIN {if (b > 0) printf "(orders per Kafka produce batch in these runs: %.1f)\n", a/b}'
+
 E_MAX=$(cut -d' ' -f1 "$work/edge.closed" | median)
 N_MAX=$(cut -d' ' -f1 "$work/nginx.closed" | median)
 E_P99=$(cut -d' ' -f2 "$work/edge.closed" | median)

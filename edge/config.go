@@ -139,9 +139,9 @@ func DefaultConfig() Config {
 		HeaderReadTimeout:   10 * time.Second,
 		IdleTimeout:         60 * time.Second,
 		MaxSKUs:             100_000,
-		PurchaseSlots:       1 << 20, // 24 MiB; room for ~800K buyers of limited SKUs
-		ProduceLinger:       0,       // measured: batches fill while a produce is in flight; linger only adds latency (tuning.md)
-		ProduceBatchBytes:   1 << 20, // franz-go's default; ~5K orders at the usual ~200 bytes
+		PurchaseSlots:       1 << 20,                // 24 MiB; room for ~800K buyers of limited SKUs
+		ProduceLinger:       200 * time.Microsecond, // twice the orders per batch; at 32K orders/s p99 8.1 -> 3.4 ms (tuning.md)
+		ProduceBatchBytes:   1 << 20,                // franz-go's default; ~5K orders at the usual ~200 bytes
 		ProduceCompressMin:  broker.CompressMin,
 		MaxBufferedRecords:  100_000,  // ~1 s of orders at full speed
 		MaxBufferedBytes:    64 << 20, // 100K orders of up to ~650 bytes
@@ -188,7 +188,7 @@ func init() {
 	flag.DurationVar(&flagConfig.IdleTimeout, "edge.idleTimeout", flagConfig.IdleTimeout, "keep-alive connections without traffic this long are closed")
 	flag.IntVar(&flagConfig.MaxSKUs, "edge.maxSKUs", flagConfig.MaxSKUs, "capacity of the sale table")
 	flag.IntVar(&flagConfig.PurchaseSlots, "edge.purchaseSlots", flagConfig.PurchaseSlots, "(user, SKU) pairs counted for per-user limits, 24 bytes each; keep it above 1.25x the buyers of limited SKUs, past it their new buyers get 503")
-	flag.DurationVar(&flagConfig.ProduceLinger, "edge.produceLinger", flagConfig.ProduceLinger, "how long the Kafka producer waits to fill a batch; adds to every 202's latency")
+	flag.DurationVar(&flagConfig.ProduceLinger, "edge.produceLinger", flagConfig.ProduceLinger, "how long the Kafka producer waits after an order to fill its batch: fewer, larger batches cost less CPU; adds up to this to a 202's latency (0: send at once)")
 	flag.IntVar(&flagConfig.MaxBufferedRecords, "edge.maxBufferedRecords", flagConfig.MaxBufferedRecords, "orders waiting for a Kafka ack; past it new orders get 503 at once")
 	flag.DurationVar(&flagConfig.DeliveryTimeout, "edge.deliveryTimeout", flagConfig.DeliveryTimeout, "an order not acked by Kafka by then is answered 503 and reconciled later")
 	flag.IntVar(&flagConfig.ProduceBatchBytes, "edge.produceBatchBytes", flagConfig.ProduceBatchBytes, "largest Kafka produce batch per partition, in bytes (at most the topic's max.message.bytes)")

@@ -43,7 +43,7 @@ type devStack struct {
 }
 
 // startDev runs `flashgate dev` in-process on dir with fresh ports.
-func startDev(t *testing.T, dir string) *devStack {
+func startDev(t *testing.T, dir string, tweaks ...func(*devOptions)) *devStack {
 	t.Helper()
 	// Bounds a busy CI machine does not reach (its packages run in parallel,
 	// one of them opening 10,000 connections): a slow ack is slow, not a
@@ -54,6 +54,9 @@ func startDev(t *testing.T, dir string) *devStack {
 		DataDir: dir, EdgeAddr: freeAddr(t), AdminAddr: freeAddr(t), KafkaAddr: freeAddr(t),
 		Partitions: 3, Edge: ecfg, Ingest: ingest.DefaultConfig(), PGNoFsync: true,
 		PaymentWindow: 15 * time.Minute, ExpireEvery: time.Second,
+	}
+	for _, f := range tweaks {
+		f(&o)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	st := &devStack{cancel: cancel, done: make(chan error, 1)}
@@ -349,6 +352,48 @@ func TestTwoDevStacksSideBySide(t *testing.T) {
 	}
 	if a.env.DatabaseURL == b.env.DatabaseURL || a.env.KafkaBrokers == b.env.KafkaBrokers {
 		t.Fatalf("stacks share a backend: %+v %+v", a.env, b.env)
+	}
+}
+
+// TestDevWithIngestElsewhere: `flashgate dev -ingest.workers 0` starts and
+// takes orders with no ingest in the process (its group never committed), the
+// orders wait in Kafka, and an ingest started beside it writes them.
+func TestDevWithIngestElsewhere(t *testing.T) {
+	st := startDev(t, testenv.TempDir(t), func(o *devOptions) { o.Ingest.Workers = 0 })
+	putSKU(t, st, "ELSEWHERE", 10)
+	ids := map[string]bool{}
+	for i := range 3 {
+		code, v := doJSON(t, "POST", st.env.EdgeURL+"/v1/orders", fmt.Sprintf("else%d", i), `{"sku":"ELSEWHERE","qty":1}`)
+		if code != 202 {
+			t.Fatalf("order %d: %d %v", i, code, v)
+		}
+		ids[v["order_id"].(string)] = true
+	}
+	time.Sleep(300 * time.Millisecond) // six batch ages: an ingest in the process would have written them
+	if got := ledgerCounts(t, st.env.DatabaseURL, "ELSEWHERE", 0); len(got) != 0 {
+		t.Fatalf("the ledger has orders with no ingest running: %v", got)
+	}
+
+	pool, err := ledger.Open(context.Background(), st.env.DatabaseURL, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	cfg := ingest.DefaultConfig()
+	cfg.Brokers = broker.Seeds(st.env.KafkaBrokers)
+	ing, err := ingest.Start(cfg, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ing.Stop()
+	got := ledgerCounts(t, st.env.DatabaseURL, "ELSEWHERE", len(ids))
+	if len(got) != len(ids) {
+		t.Fatalf("ledger: %v, want the orders %v", got, ids)
+	}
+	for id, n := range got {
+		if !ids[id] || n != 1 {
+			t.Fatalf("ledger: %v, want each of %v once", got, ids)
+		}
 	}
 }
 

@@ -198,8 +198,7 @@ func (s *Server) admitLine(cs *connState, r *request, b *batch, ln *batchLine, l
 		return false
 	}
 	b.pending.Add(1)
-	s.produces.Add(1)
-	s.prod.TryProduce(context.Background(), &ln.rec, ln.onProduced)
+	s.produce(&ln.rec, ln.onProduced, s.produces.Add(1) == 1)
 	return false
 }
 

@@ -367,6 +367,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("edge: -edge.produceBatchBytes must be in [1024, 1 GiB]")
 	case c.BreakerFailures < 1 || c.BreakerStall < 10*time.Millisecond || c.BreakerCooldown < 10*time.Millisecond:
 		return fmt.Errorf("edge: -edge.breakerFailures must be positive, -edge.breakerStall and -edge.breakerCooldown at least 10ms")
+	case c.ProduceLinger < 0 || c.ProduceLinger >= c.DeliveryTimeout || c.ProduceLinger > time.Minute:
+		return fmt.Errorf("edge: -edge.produceLinger (%v) must be at least 0 and less than -edge.deliveryTimeout (%v) and a minute", c.ProduceLinger, c.DeliveryTimeout)
 	case c.ReconcileAfter < c.DeliveryTimeout:
 		return fmt.Errorf("edge: -edge.reconcileAfter (%v) must be at least -edge.deliveryTimeout (%v)", c.ReconcileAfter, c.DeliveryTimeout)
 	}

@@ -244,6 +244,46 @@ type handoff struct {
 	sku      []byte
 }
 
+// produce hands an order's record, already counted in s.produces, to the
+// producer. The producer lingers (-edge.produceLinger) so that orders
+// arriving together share a batch; but alone is true when this order was
+// the only one waiting for Kafka, and then nothing else is coming to share
+// it: it is sent at once. Without that a quiet edge's orders would each wait
+// the linger and more, since a Go timer under a millisecond fires after ~1.1
+// ms in an idle process (tuning.md).
+func (s *Server) produce(rec *kgo.Record, promise func(*kgo.Record, error), alone bool) {
+	s.prod.TryProduce(context.Background(), rec, promise)
+	if !alone || s.cfg.ProduceLinger == 0 {
+		return
+	}
+	if leader, _, _ := s.prod.PartitionLeader(broker.TopicOrderCreated, 0); leader < 0 {
+		// The producer does not know the topic's partitions yet (the
+		// first orders): the record waits for them outside the
+		// partitions a flush wakes, so flush until it left.
+		go s.flushWhileLoading()
+		return
+	}
+	// franz-go's only way to end a linger: a flush. With a context already
+	// done it wakes the partitions' senders (which take every batch
+	// buffered) and returns without waiting for the acks.
+	_ = s.prod.Flush(sendNow)
+}
+
+// flushWhileLoading flushes for at most the linger: while a flush waits the
+// producer lingers for no record.
+func (s *Server) flushWhileLoading() {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ProduceLinger)
+	defer cancel()
+	_ = s.prod.Flush(ctx)
+}
+
+// sendNow is a context already done, for Flush calls that must not wait.
+var sendNow = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
 // settle applies a produce outcome (err from the promise) to h and reports
 // whether the order was accepted and, if not, whether it definitely failed.
 // Accepted: the acceptance is recorded, body (the 202 body) kept for

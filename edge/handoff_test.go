@@ -539,3 +539,27 @@ func TestOrdersRightAfterStartAreNotAborted(t *testing.T) {
 		t.Fatalf("the edge aborted its producer's records %d times: it took orders waiting since its start for a stuck producer", n)
 	}
 }
+
+// TestQuietOrderIsNotHeldForTheLinger: an order that finds no other waiting
+// for Kafka goes out at once, whatever -edge.produceLinger. The linger here
+// is far beyond the client's patience, so an order held for it fails.
+func TestQuietOrderIsNotHeldForTheLinger(t *testing.T) {
+	kf := testenv.Broker(t, 1)
+	s := startTestEdge(t, kf, "QUIET", 1000, func(c *Config) {
+		c.ProduceLinger, c.DeliveryTimeout, c.ReconcileAfter = 50*time.Second, time.Minute, time.Minute
+	})
+	client := &http.Client{Timeout: 10 * time.Second}
+	for i := range 5 { // one at a time: each is alone
+		req, _ := http.NewRequest("POST", "http://"+s.cfg.Addr+"/v1/orders", strings.NewReader(`{"sku":"QUIET","qty":1}`))
+		req.Header.Set("X-User-ID", fmt.Sprintf("quiet%d", i))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("quiet order %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 202 {
+			t.Fatalf("quiet order %d: %d %s", i, resp.StatusCode, b)
+		}
+	}
+}

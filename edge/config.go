@@ -140,7 +140,7 @@ func DefaultConfig() Config {
 		IdleTimeout:         60 * time.Second,
 		MaxSKUs:             100_000,
 		PurchaseSlots:       1 << 20,                // 24 MiB; room for ~800K buyers of limited SKUs
-		ProduceLinger:       200 * time.Microsecond, // twice the orders per batch, a fifth less CPU per order (tuning.md)
+		ProduceLinger:       200 * time.Microsecond, // twice the orders per batch: 54.4K -> 64.5K orders/s on one core (tuning.md)
 		ProduceBatchBytes:   1 << 20,                // franz-go's default; ~5K orders at the usual ~200 bytes
 		ProduceCompressMin:  broker.CompressMin,
 		MaxBufferedRecords:  100_000,  // ~1 s of orders at full speed

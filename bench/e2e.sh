@@ -6,10 +6,7 @@
 #  handoff (default; issue 5's "admit + produce + ack against the embedded
 #      broker"): the edge (one event loop) and the embedded broker in one
 #      `flashgate dev -ingest.workers 0` on CPU 0; a separate `flashgate
-#      ingest` and the dev PostgreSQL on CPU 1, beside the load generator
-#      (which they slow: the edge pays for it, nginx does not). Every
-#      accepted order is still written to PostgreSQL (the script waits for
-#      it after each run).
+#      ingest` and the dev PostgreSQL on CPU 1, beside the load generator.
 #      Ingest is paused (SIGSTOP) while the edge is measured and resumed
 #      after: running, it and PostgreSQL took half of CPU 1 from the load
 #      generator (autogroups make nice useless), which then left CPU 0 20%
@@ -66,7 +63,8 @@ taskset -c 0 ./bin/flashgate dev --data-dir "$work/dev" --edge-addr "127.0.0.1:$
 pids+=($!)
 for _ in $(seq 300); do [ -s "$work/dev/dev.env" ] && curl -sf "http://127.0.0.1:$EDGE_PORT/healthz" >/dev/null && break; sleep 0.2; done
 curl -sf "http://127.0.0.1:$EDGE_PORT/healthz" >/dev/null || { echo "the dev stack did not start:"; cat "$work/dev.log"; exit 1; }
-INGEST_METRICS="http://127.0.0.1:$ADMIN_PORT/metrics"
+EDGE_METRICS="http://127.0.0.1:$ADMIN_PORT/metrics"
+INGEST_METRICS=$EDGE_METRICS
 INGEST_PID=
 if [ "$LAYOUT" = handoff ]; then
   # PostgreSQL to CPU 1 (new backends fork from the postmaster and follow
@@ -115,7 +113,7 @@ settle() {
   local t0 a i
   t0=$(date +%s.%N)
   for _ in $(seq 1200); do
-    a=$(metric "http://127.0.0.1:$ADMIN_PORT/metrics" flashgate_edge_orders_accepted_total); i=$(metric "$INGEST_METRICS" flashgate_ingest_rows_total)
+    a=$(metric "$EDGE_METRICS" flashgate_edge_orders_accepted_total); i=$(metric "$INGEST_METRICS" flashgate_ingest_rows_total)
     [ -n "$a" ] && [ -n "$i" ] && awk -v a="$a" -v i="$i" 'BEGIN {exit !(i >= a)}' && break
     sleep 0.1
   done
@@ -138,8 +136,8 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 echo "(ingest lag: how long ingest took after the run to write the orders the edge had accepted)"
-BATCHES=$(metric "http://127.0.0.1:$ADMIN_PORT/metrics" flashgate_edge_produce_batches_total)
-ACCEPTED=$(metric "http://127.0.0.1:$ADMIN_PORT/metrics" flashgate_edge_orders_accepted_total)
+BATCHES=$(metric "$EDGE_METRICS" flashgate_edge_produce_batches_total)
+ACCEPTED=$(metric "$EDGE_METRICS" flashgate_edge_orders_accepted_total)
 awk -v a="$ACCEPTED" -v b="$BATCHES" 'BEGIN {if (b > 0) printf "(orders per Kafka produce batch in these runs: %.1f)\n", a/b}'
 
 E_MAX=$(cut -d' ' -f1 "$work/edge.closed" | median)

@@ -198,7 +198,7 @@ func (s *Server) admitLine(cs *connState, r *request, b *batch, ln *batchLine, l
 		return false
 	}
 	b.pending.Add(1)
-	s.produce(&ln.rec, ln.onProduced, s.produces.Add(1) == 1)
+	s.produce(&ln.rec, ln.onProduced)
 	return false
 }
 

@@ -244,14 +244,15 @@ type handoff struct {
 	sku      []byte
 }
 
-// produce hands an order's record, already counted in s.produces, to the
+// produce counts an order in s.produces and hands its record to the
 // producer. The producer lingers (-edge.produceLinger) so that orders
-// arriving together share a batch; but alone is true when this order was
-// the only one waiting for Kafka, and then nothing else is coming to share
-// it: it is sent at once. Without that a quiet edge's orders would each wait
-// the linger and more, since a Go timer under a millisecond fires after ~1.1
-// ms in an idle process (tuning.md).
-func (s *Server) produce(rec *kgo.Record, promise func(*kgo.Record, error), alone bool) {
+// arriving together share a batch; but an order that is the only one waiting
+// for Kafka has nothing coming to share it: it is sent at once. Without that
+// a quiet edge's orders would each wait the linger and more, since a Go
+// timer under a millisecond fires after ~1.1 ms in an idle process
+// (tuning.md).
+func (s *Server) produce(rec *kgo.Record, promise func(*kgo.Record, error)) {
+	alone := s.produces.Add(1) == 1
 	s.prod.TryProduce(context.Background(), rec, promise)
 	if !alone || s.cfg.ProduceLinger == 0 {
 		return

@@ -239,7 +239,7 @@ func (s *Server) postOrder(cs *connState, r *request, closeAfter bool) {
 		sl.state.Store(slotReady) // on the loop: flushed at the end of this OnTraffic
 		return
 	}
-	s.produce(&sl.rec, sl.promise, s.produces.Add(1) == 1)
+	s.produce(&sl.rec, sl.promise)
 }
 
 func appendAccepted(dst []byte, id int64, sku []byte, qty int64, user []byte) []byte {

@@ -147,9 +147,8 @@ func (l *leaser) unpark(it *saleItem, sl *slot, nowNs int64) bool {
 		}
 		sl.epoch = epoch
 		parkedWait.Update(float64(nowNs-sl.parkedAt) / 1e9)
-		alone := s.produces.Add(1) == 1 // before parked drops: a drain sees no gap
+		s.produce(&sl.rec, sl.promise) // counted in produces before parked drops: a drain sees no gap
 		s.parked.Add(-1)
-		s.produce(&sl.rec, sl.promise, alone)
 		return true
 	}
 	switch {

@@ -207,6 +207,7 @@ func (s *Server) admitLine(cs *connState, r *request, b *batch, ln *batchLine, l
 // loop when the producer's buffer is full.
 func (ln *batchLine) onProduced(_ *kgo.Record, err error) {
 	b := ln.b
+	b.s.answered()
 	defer b.lineDone(false)
 	defer b.s.produces.Add(-1)
 	switch accepted, definite := b.s.settle(&ln.handoff, err, ln.acceptedBody(), nil); {

@@ -244,15 +244,16 @@ type handoff struct {
 	sku      []byte
 }
 
-// produce counts an order in s.produces and hands its record to the
-// producer. The producer lingers (-edge.produceLinger) so that orders
-// arriving together share a batch; but an order that is the only one waiting
-// for Kafka has nothing coming to share it: it is sent at once. Without that
-// a quiet edge's orders would each wait the linger and more, since a Go
-// timer under a millisecond fires after ~1.1 ms in an idle process
-// (tuning.md).
+// produce counts an order in s.produces and s.atBroker and hands its record
+// to the producer; its promise must call s.answered first. The producer
+// lingers (-edge.produceLinger) so that orders arriving together share a
+// batch; but an order that is the only one waiting for Kafka has nothing
+// coming to share it: it is sent at once. Without that a quiet edge's orders
+// would each wait the linger and more, since a Go timer under a millisecond
+// fires after ~1.1 ms in an idle process (tuning.md).
 func (s *Server) produce(rec *kgo.Record, promise func(*kgo.Record, error)) {
-	alone := s.produces.Add(1) == 1
+	s.produces.Add(1)
+	alone := s.atBroker.Add(1) == 1
 	s.prod.TryProduce(context.Background(), rec, promise)
 	if !alone || s.cfg.ProduceLinger == 0 {
 		return
@@ -269,6 +270,10 @@ func (s *Server) produce(rec *kgo.Record, promise func(*kgo.Record, error)) {
 	// buffered) and returns without waiting for the acks.
 	_ = s.prod.Flush(sendNow)
 }
+
+// answered is the first thing a produce promise does: the broker's answer
+// (or the producer's failure) is in.
+func (s *Server) answered() { s.atBroker.Add(-1) }
 
 // flushWhileLoading flushes for at most the linger: while a flush waits the
 // producer lingers for no record.

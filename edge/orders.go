@@ -257,6 +257,7 @@ func appendAccepted(dst []byte, id int64, sku []byte, qty int64, user []byte) []
 // onProduced is the produce promise. It runs on a franz-go goroutine.
 func (sl *slot) onProduced(_ *kgo.Record, err error) {
 	s := sl.cs.srv
+	s.answered()
 	defer s.produces.Add(-1)
 	if ok, _ := s.settle(&sl.handoff, err, sl.resp[sl.bodyOff:], sl.val[:0]); ok {
 		responsesTotal[202].Inc()

@@ -67,7 +67,11 @@ type Server struct {
 	readSem  chan struct{}
 	conns    atomic.Int64
 	queued   atomic.Int64 // responses queued on connections, not yet written
-	produces atomic.Int64 // records handed to Kafka, not yet acked or failed
+	produces atomic.Int64 // records handed to Kafka whose clients do not have the answer yet
+	// atBroker counts the records whose broker answer has not arrived: it
+	// drops when a promise starts, produces only once the client was
+	// answered, so a client's next order may find produces still at 1.
+	atBroker atomic.Int64
 	parked   atomic.Int64 // orders waiting for a lease grant (parked.go)
 	draining atomic.Bool
 	// lastSettled is when a produce outcome was last applied (settle), and

@@ -24,6 +24,16 @@ func (b *batchCodecs) OnProduceBatchWritten(_ kgo.BrokerMetadata, _ string, _ in
 	b.mu.Unlock()
 }
 
+func (b *batchCodecs) writtenRecords() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, m := range b.written {
+		n += m.NumRecords
+	}
+	return n
+}
+
 func (b *batchCodecs) OnFetchBatchRead(_ kgo.BrokerMetadata, _ string, _ int32, m kgo.FetchBatchMetrics) {
 	b.mu.Lock()
 	b.read[m.CompressionType]++
@@ -63,6 +73,14 @@ func TestCompressionSkipsSmallBatches(t *testing.T) {
 	produce(10)  // ~1 KiB
 	produce(200) // ~20 KiB
 
+	// franz-go runs the batch-written hook on a goroutine of its own after
+	// the produce response, so it may still be behind the promises.
+	for hooks.writtenRecords() < len(want) {
+		if ctx.Err() != nil {
+			t.Fatalf("the hook saw %d of %d records written", hooks.writtenRecords(), len(want))
+		}
+		time.Sleep(time.Millisecond)
+	}
 	hooks.mu.Lock()
 	var small, large int
 	for _, m := range hooks.written {

@@ -23,15 +23,23 @@
 #      init), alternating edge and nginx, ROUNDS runs of SECS each; medians of
 #      202s per second and the edge/nginx ratio.
 #  (b) open loop at half the edge's measured maximum: tools/openloop for SECS
-#      (after a 2 s warm-up), ROUNDS runs alternating edge and nginx (the
-#      reference, at the same rate); latency from each request's intended send
-#      time (p50/p99/p99.9) and the responses other than 202; medians.
+#      (after a 2 s warm-up), OPEN_ROUNDS runs (default 5) alternating edge
+#      and nginx (the reference, at the same rate); latency from each
+#      request's intended send time (p50/p99/p99.9) and the responses other
+#      than 202. tools/stallwatch runs beside each run and counts host stalls:
+#      times a CPU did not run at all for 20 ms or more (this VM's host takes
+#      a vCPU away for ~100 ms a few times a minute, idle or not; one such
+#      stall in a run puts its p99 in the tens of milliseconds, nginx's as
+#      the edge's). The p99 check is the median over the runs free of host
+#      stalls; the median over all runs is printed beside it.
 #
 # Then the issue's two goals as PASS/FAIL lines: edge >= 0.5x nginx, and p99 <
-# 5 ms at half the edge's maximum. They do not fail the script: this machine
-# is shared and single runs vary by +-15%.
+# 5 ms at half the edge's maximum (INCONCLUSIVE when no run was free of host
+# stalls). They do not fail the script: this machine is shared and single
+# runs vary by +-15%.
 #
 #   bash bench/e2e.sh [seconds per run, default 10] [rounds, default 3]
+#   OPEN_ROUNDS=9 bash bench/e2e.sh         # more open-loop runs (default 5)
 #   LAYOUT=stack bash bench/e2e.sh          # everything on CPU 0
 #   PROFILE=edge.pprof bash bench/e2e.sh    # also a CPU profile of flashgate dev during (b)
 #   EDGE_ARGS='-edge.produceLinger 2ms' bash bench/e2e.sh   # extra flags for flashgate dev
@@ -40,6 +48,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
 ROUNDS=${2:-3}
+OPEN_ROUNDS=${OPEN_ROUNDS:-5}
 CONNS=64
 USERS=100000
 PROFILE=${PROFILE:-}
@@ -59,6 +68,7 @@ start_nginx "$NGINX_PORT"
 # far below theirs).
 make -s build
 go build -o "$work/openloop" ./tools/openloop
+go build -o "$work/stallwatch" ./tools/stallwatch
 INGEST_ARGS=(); [ "$LAYOUT" = handoff ] && INGEST_ARGS=(-ingest.workers 0)
 taskset -c 0 ./bin/flashgate dev --data-dir "$work/dev" --edge-addr "127.0.0.1:$EDGE_PORT" \
   --admin-addr "127.0.0.1:$ADMIN_PORT" --kafka-addr "127.0.0.1:$KAFKA_PORT" -edge.loops 1 -log.level error \
@@ -160,25 +170,39 @@ RATIO=$(awk -v a="$E_MAX" -v b="$N_MAX" 'BEGIN {printf "%.2f", (b > 0) ? a/b : 0
 # open PORT RATE: runs openloop, keeps its JSON in $work/open.PORT.json.
 RATE=$(awk -v m="$E_MAX" 'BEGIN {printf "%.0f", m/2}')
 [ "$RATE" -ge 1 ] || { echo "the edge answered no 202 in the closed-loop runs; see $work/dev.log:"; tail -20 "$work/dev.log"; exit 1; }
+# The host stalls of both CPUs are watched over the warm-up and the measured
+# window (a stall at the end of the warm-up delays measured requests).
 open_run() {
+  "$work/stallwatch" -cpus 0,1 -duration "$((SECS + 2))s" -json > "$work/stalls.$1.json" &
+  local sw=$!
   taskset -c 1 "$work/openloop" -url "127.0.0.1:$1" -rate "$2" -duration "${SECS}s" -warmup 2s -conns $CONNS \
     -users $USERS -sku BENCH -qty 1 -quiet -json > "$work/open.$1.json" 2> "$work/open.$1.txt"
+  wait "$sw"
 }
-summary() { # FILE: "p50 p99 p99.9 (µs) non202 unsent achieved/s"
-  python3 - "$1" <<'PY'
+summary() { # PORT: "p50 p99 p99.9 (µs) non202 unsent achieved/s host-stalls longest-stall-ms"
+  python3 - "$work/open.$1.json" "$work/stalls.$1.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
+st = json.load(open(sys.argv[2]))
 lat = r["latency"]["all"]
 non202 = sum(n for code, n in r["status"].items() if code != "202") + r["errors"] + r["unanswered"]
-print("%.0f %.0f %.0f %d %d %.0f" % (lat["p50_us"], lat["p99_us"], lat["p999_us"], non202, r["unsent"], r["responses_per_s"]))
+stalls = sum(c["over_20ms"] for c in st["cpus"])
+longest = max(c["max_late_ms"] for c in st["cpus"])
+print("%.0f %.0f %.0f %d %d %.0f %d %.0f" % (lat["p50_us"], lat["p99_us"], lat["p999_us"], non202, r["unsent"], r["responses_per_s"], stalls, longest))
 PY
+}
+# clean_median FILE: the median p99 of the runs in FILE free of host stalls;
+# empty when there were none.
+clean_median() {
+  local v; v=$(awk '$7 == 0 {print $2}' "$1")
+  [ -z "$v" ] || median <<<"$v"
 }
 
 echo
 echo "(b) open loop at $RATE req/s (half the edge's median maximum): tools/openloop, $CONNS connections, ${SECS}s after a 2s warm-up"
-printf "%-10s %-6s %10s %10s %10s %10s %8s %12s\n" run server "p50 µs" "p99 µs" "p99.9 µs" "non-202" unsent "answered/s"
+printf "%-10s %-6s %10s %10s %10s %10s %8s %12s %14s\n" run server "p50 µs" "p99 µs" "p99.9 µs" "non-202" unsent "answered/s" "host stalls"
 : > "$work/edge.open"; : > "$work/nginx.open"
-for r in $(seq "$ROUNDS"); do
+for r in $(seq "$OPEN_ROUNDS"); do
   for srv in edge nginx; do
     p=$EDGE_PORT; [ $srv = nginx ] && p=$NGINX_PORT
     prof_pid=
@@ -190,17 +214,23 @@ for r in $(seq "$ROUNDS"); do
     open_run "$p" "$RATE"
     lag=""; [ $srv = edge ] && [ "$LAYOUT" = stack ] && lag=$(settle)
     [ -z "$prof_pid" ] || wait "$prof_pid" || echo "profile failed" >&2
-    summary "$work/open.$p.json" >> "$work/$srv.open"
-    printf "%-10s %-6s %10s %10s %10s %10s %8s %12s\n" "$r" $srv $(tail -1 "$work/$srv.open")
+    summary "$p" >> "$work/$srv.open"
+    read -r -a f < <(tail -1 "$work/$srv.open")
+    stalls="none"; [ "${f[6]}" -gt 0 ] && stalls="${f[6]}, ${f[7]} ms"
+    printf "%-10s %-6s %10s %10s %10s %10s %8s %12s %14s\n" "$r" $srv "${f[@]:0:6}" "$stalls"
     if [ $srv = edge ] && [ "$(tail -1 "$work/edge.open" | cut -d' ' -f4)" -gt 0 ]; then
       echo "edge responses other than 202:"; python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(" status", r["status"], " errors", r.get("error_kinds"), r.get("first_errors"))' "$work/open.$p.json"
     fi
   done
 done
-O_P99=$(cut -d' ' -f2 "$work/edge.open" | median)
+echo "(host stalls: times the host stopped CPU 0 or 1 for 20 ms or more during the run, and the longest)"
+O_P99_ALL=$(cut -d' ' -f2 "$work/edge.open" | median)
 O_BAD=$(cut -d' ' -f4 "$work/edge.open" | awk '{n+=$1} END {print n+0}')
-NO_P99=$(cut -d' ' -f2 "$work/nginx.open" | median)
-echo "(medians: edge p99 $O_P99 µs, nginx p99 $NO_P99 µs; responses other than 202 from the edge in all runs: $O_BAD)"
+NO_P99_ALL=$(cut -d' ' -f2 "$work/nginx.open" | median)
+O_P99=$(clean_median "$work/edge.open"); NO_P99=$(clean_median "$work/nginx.open")
+O_CLEAN=$(awk '$7 == 0' "$work/edge.open" | wc -l); NO_CLEAN=$(awk '$7 == 0' "$work/nginx.open" | wc -l)
+echo "(medians of all runs: edge p99 $O_P99_ALL µs, nginx p99 $NO_P99_ALL µs; of the runs free of host stalls: edge ${O_P99:--} µs ($O_CLEAN of $OPEN_ROUNDS runs), nginx ${NO_P99:--} µs ($NO_CLEAN of $OPEN_ROUNDS)"
+echo " responses other than 202 from the edge in all runs: $O_BAD)"
 if [ "$LAYOUT" = handoff ]; then
   resume_ingest
   took=$(settle)
@@ -226,11 +256,15 @@ echo " open-loop latency is from each request's intended send time, so queueing 
 echo
 verdict() { if [ "$1" = 1 ]; then echo PASS; else echo FAIL; fi; }
 V_RATIO=$(verdict "$(awk -v r="$RATIO" 'BEGIN {print (r >= 0.5)}')")
-V_P99=$(verdict "$(awk -v p="$O_P99" 'BEGIN {print (p < 5000)}')")
-P99_MS=$(awk -v p="$O_P99" 'BEGIN {printf "%.2f", p/1000}')
+ms() { if [ -n "$1" ]; then awk -v p="$1" 'BEGIN {printf "%.2f", p/1000}'; else echo "-"; fi; }
+if [ -n "$O_P99" ]; then
+  V_P99=$(verdict "$(awk -v p="$O_P99" 'BEGIN {print (p < 5000)}')")
+else
+  V_P99=INCONCLUSIVE # every run had a host stall: its p99 is the host's
+fi
+P99_MS=$(ms "$O_P99"); NP99_MS=$(ms "$NO_P99")
 echo "check: edge >= 0.5x nginx (closed loop, 202s/s): ${RATIO}x $V_RATIO"
-NP99_MS=$(awk -v p="$NO_P99" 'BEGIN {printf "%.2f", p/1000}')
-echo "check: p99 < 5 ms at half the edge's maximum ($RATE req/s, median of $ROUNDS runs): $P99_MS ms $V_P99 (nginx at the same rate: $NP99_MS ms)"
+echo "check: p99 < 5 ms at half the edge's maximum ($RATE req/s, median of the $O_CLEAN of $OPEN_ROUNDS runs free of host stalls): $P99_MS ms $V_P99 (nginx at the same rate: $NP99_MS ms; medians of all runs: edge $(ms "$O_P99_ALL") ms, nginx $(ms "$NO_P99_ALL") ms)"
 MODE="synced broker"; [[ " ${EXTRA[*]:-} " == *"syncWrites=false"* ]] && MODE="page-cache broker"
 [ "$LAYOUT" = stack ] && MODE="$MODE, whole stack on one core"
 table_row "orders end to end 202s/s ($MODE)" "$(printf %.0f "$E_MAX")" "nginx return 202" "$(printf %.0f "$N_MAX")" "${RATIO}x" ">= 0.5x" "$V_RATIO"

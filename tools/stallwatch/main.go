@@ -5,7 +5,8 @@
 // at most, measured against a process spinning on that CPU);
 // a wake-up tens of milliseconds late means the CPU did not run at all: on
 // this VM the host takes a vCPU away for ~100 ms a few times a minute, idle
-// or not (tuning.md, "Host stalls"). The benchmarks run it beside their
+// or not (tuning.md, "p99 of tens of milliseconds in some runs and not
+// others: host stalls"). The benchmarks run it beside their
 // measured runs so that a p99 made by such a stall can be told from one made
 // by the server.
 //

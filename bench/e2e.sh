@@ -191,10 +191,11 @@ longest = max(c["max_late_ms"] for c in st["cpus"])
 print("%.0f %.0f %.0f %d %d %.0f %d %.0f" % (lat["p50_us"], lat["p99_us"], lat["p999_us"], non202, r["unsent"], r["responses_per_s"], stalls, longest))
 PY
 }
-# clean_median FILE: the median p99 of the runs in FILE free of host stalls;
-# empty when there were none.
+# clean_runs FILE: the runs in FILE free of host stalls. clean_median FILE:
+# their median p99; empty when there were none.
+clean_runs() { awk '$7 == 0' "$1"; }
 clean_median() {
-  local v; v=$(awk '$7 == 0 {print $2}' "$1")
+  local v; v=$(clean_runs "$1" | cut -d' ' -f2)
   [ -z "$v" ] || median <<<"$v"
 }
 
@@ -228,7 +229,7 @@ O_P99_ALL=$(cut -d' ' -f2 "$work/edge.open" | median)
 O_BAD=$(cut -d' ' -f4 "$work/edge.open" | awk '{n+=$1} END {print n+0}')
 NO_P99_ALL=$(cut -d' ' -f2 "$work/nginx.open" | median)
 O_P99=$(clean_median "$work/edge.open"); NO_P99=$(clean_median "$work/nginx.open")
-O_CLEAN=$(awk '$7 == 0' "$work/edge.open" | wc -l); NO_CLEAN=$(awk '$7 == 0' "$work/nginx.open" | wc -l)
+O_CLEAN=$(clean_runs "$work/edge.open" | wc -l); NO_CLEAN=$(clean_runs "$work/nginx.open" | wc -l)
 echo "(medians of all runs: edge p99 $O_P99_ALL µs, nginx p99 $NO_P99_ALL µs; of the runs free of host stalls: edge ${O_P99:--} µs ($O_CLEAN of $OPEN_ROUNDS runs), nginx ${NO_P99:--} µs ($NO_CLEAN of $OPEN_ROUNDS)"
 echo " responses other than 202 from the edge in all runs: $O_BAD)"
 if [ "$LAYOUT" = handoff ]; then

@@ -69,9 +69,10 @@ type Embedded struct {
 // in-memory index of each segment's batches, one entry per batch, and grows
 // it by appending: with its default 100 MiB segments that index reaches
 // ~100K entries, and each time it grows the broker's single loop copies it
-// into fresh memory and stops acking for 15-36 ms (runtime traces of
-// flashgate dev at 18K orders/s, 2026-12-08: the loop goroutine running that
-// long in pushBatch, every 10-20 s once the log held a few hundred MB). With
+// into fresh memory. That is the likely cause of the loop's 13-36 ms runs
+// inside pushBatch, with no ack meanwhile, that runtime traces of flashgate
+// dev showed at 18K orders/s (2026-12-08; every 10-20 s once the log held a
+// few hundred MB; the traces show the function, not the line). With
 // 8 MiB segments the index stays under ~2 MB and no such stall was seen
 // (tuning.md, "p99 spikes every few seconds").
 const segmentBytes = 8 << 20

@@ -16,6 +16,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -119,6 +120,9 @@ func main() {
 	}
 	stop.Store(true)
 	wg.Wait()
+	for i := range reports {
+		reports[i].finish()
+	}
 	r := report{Seconds: time.Since(start).Seconds(), PeriodUs: period.Microseconds(), CPUs: reports}
 	if *jsonOut {
 		_ = json.NewEncoder(os.Stdout).Encode(r)
@@ -164,21 +168,19 @@ func (r *cpuReport) add(late time.Duration) {
 	if late >= lateLong {
 		r.Over20ms++
 	}
-	r.MaxMs = max(r.MaxMs, ms)
-	i, _ := slices.BinarySearchFunc(r.LargestMs, ms, func(a, b float64) int {
-		switch {
-		case a > b:
-			return -1
-		case a < b:
-			return 1
-		}
-		return 0
-	})
+	i, _ := slices.BinarySearchFunc(r.LargestMs, ms, func(a, b float64) int { return cmp.Compare(b, a) }) // largest first
 	if i < keepTop {
 		r.LargestMs = slices.Insert(r.LargestMs, i, ms)
 		if len(r.LargestMs) > keepTop {
 			r.LargestMs = r.LargestMs[:keepTop]
 		}
+	}
+}
+
+// finish fills in what the report derives from the wake-ups recorded.
+func (r *cpuReport) finish() {
+	if len(r.LargestMs) > 0 {
+		r.MaxMs = r.LargestMs[0]
 	}
 }
 

@@ -91,6 +91,7 @@ func TestLargestKeepsTheTopFive(t *testing.T) {
 	for _, ms := range []float64{1, 7, 30, 6, 100, 5, 8, 9, 25, 2} {
 		r.add(time.Duration(ms * float64(time.Millisecond)))
 	}
+	r.finish()
 	want := []float64{100, 30, 25, 9, 8}
 	if len(r.LargestMs) != len(want) {
 		t.Fatalf("largest %v, want %v", r.LargestMs, want)
